@@ -1,0 +1,1 @@
+"""Data: the embedded procedural phantom and the example chest CT."""

@@ -1,0 +1,478 @@
+"""C-arm geometry: camera intrinsics, pose parameters, projection and rays.
+
+Frames and units (SPEC §2-4):
+
+* world: the CT's LPS space in mm (x Left, y Posterior, z Superior);
+* camera: X-ray source at the origin, principal ray +z, detector plane z = sdd;
+  image row r / column k has pixel coordinates (u, v) = (k, r);
+* pose: ``T_cam_from_world`` (4x4, mm), x_cam = R x_world + t;
+* parameters (rx, ry, rz in degrees, tx, ty, tz in mm) relative to the AP view:
+  x_cam = Rz(rz) Ry(ry) Rx(rx) R_ap (x_world - c) + (tx, ty, sid + tz).
+
+All torch functions are batched over a leading dimension and differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import roma
+import torch
+
+from xctreg._fs import read_json, write_json
+from xctreg.errors import XctregError
+
+PARAM_NAMES = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
+
+#: Rotation of the anterior-posterior reference view: world LPS -> camera axes.
+#: Camera x = patient left (image right), camera y = inferior (image down),
+#: camera z = posterior (source anterior of the patient, beam goes A->P).
+R_AP = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
+
+DEFAULT_SDD_MM = 1020.0
+DEFAULT_SID_MM = 750.0
+
+
+# --------------------------------------------------------------------------- camera
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole C-arm camera (SPEC §3), built from the geometry JSON.
+
+    Attributes:
+        sdd_mm: source-to-detector distance (mm).
+        height, width: image size in pixels (rows, columns).
+        pixel_spacing_mm: (dy, dx) detector pixel size (mm) along rows and columns.
+        principal_point_px: (cx, cy) in pixels; None means the image centre.
+    """
+
+    sdd_mm: float = DEFAULT_SDD_MM
+    height: int = 256
+    width: int = 256
+    pixel_spacing_mm: tuple[float, float] = (1.6, 1.6)
+    principal_point_px: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        validate_camera_fields(self.sdd_mm, self.height, self.width, self.pixel_spacing_mm, self.principal_point_px)
+
+    @property
+    def cx(self) -> float:
+        return (self.width - 1) / 2.0 if self.principal_point_px is None else float(self.principal_point_px[0])
+
+    @property
+    def cy(self) -> float:
+        return (self.height - 1) / 2.0 if self.principal_point_px is None else float(self.principal_point_px[1])
+
+    @property
+    def fx(self) -> float:
+        """Focal length in column pixels: sdd / dx."""
+        return self.sdd_mm / self.pixel_spacing_mm[1]
+
+    @property
+    def fy(self) -> float:
+        """Focal length in row pixels: sdd / dy."""
+        return self.sdd_mm / self.pixel_spacing_mm[0]
+
+    def intrinsics(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
+        """3x3 intrinsic matrix K (pixels)."""
+        return torch.tensor(
+            [[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]], dtype=dtype, device=device
+        )
+
+    def resized(self, height: int, width: int) -> Camera:
+        """The same physical detector sampled with ``height`` x ``width`` pixels."""
+        dy = self.pixel_spacing_mm[0] * self.height / height
+        dx = self.pixel_spacing_mm[1] * self.width / width
+        pp = None
+        if self.principal_point_px is not None:
+            # keep the principal point at the same physical detector position
+            cx = (self.cx + 0.5) * width / self.width - 0.5
+            cy = (self.cy + 0.5) * height / self.height - 0.5
+            pp = (cx, cy)
+        return Camera(self.sdd_mm, height, width, (dy, dx), pp)
+
+    def check_image(self, shape: tuple[int, ...], name: str = "image") -> None:
+        """Raise XctregError unless ``shape`` is (height, width)."""
+        if tuple(shape[-2:]) != (self.height, self.width) or len(shape) < 2:
+            raise XctregError(
+                f"{name} is {shape[-2] if len(shape) > 1 else '?'}x{shape[-1]} px but the geometry says "
+                f"{self.height}x{self.width} (height x width)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "sdd_mm": float(self.sdd_mm),
+            "height": int(self.height),
+            "width": int(self.width),
+            "pixel_spacing_mm": [float(self.pixel_spacing_mm[0]), float(self.pixel_spacing_mm[1])],
+        }
+        if self.principal_point_px is not None:
+            d["principal_point_px"] = [float(self.principal_point_px[0]), float(self.principal_point_px[1])]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, name: str = "geometry") -> Camera:
+        """Build from the geometry JSON object, with one-line errors for bad fields."""
+        if not isinstance(d, dict):
+            raise XctregError(f"{name} must be a JSON object")
+        missing = [k for k in ("sdd_mm", "height", "width", "pixel_spacing_mm") if k not in d]
+        if missing:
+            raise XctregError(f"{name} is missing field(s): {', '.join(missing)}")
+        try:
+            sp = d["pixel_spacing_mm"]
+            if isinstance(sp, (int, float)):
+                sp = [sp, sp]
+            if len(sp) != 2:
+                raise ValueError
+            pp = d.get("principal_point_px")
+            if pp is not None and len(pp) != 2:
+                raise XctregError(f"{name}: principal_point_px must be [cx, cy]")
+            h, w = d["height"], d["width"]
+            if isinstance(h, bool) or isinstance(w, bool) or float(h) != int(h) or float(w) != int(w):
+                raise XctregError(f"{name}: height and width must be integers, got {h!r}, {w!r}")
+            return cls(
+                sdd_mm=float(d["sdd_mm"]),
+                height=int(h),
+                width=int(w),
+                pixel_spacing_mm=(float(sp[0]), float(sp[1])),
+                principal_point_px=None if pp is None else (float(pp[0]), float(pp[1])),
+            )
+        except (TypeError, ValueError):
+            raise XctregError(
+                f"{name}: expected numbers for sdd_mm, height, width and pixel_spacing_mm [dy, dx]"
+            ) from None
+
+
+def validate_camera_fields(
+    sdd_mm: float,
+    height: int,
+    width: int,
+    pixel_spacing_mm: tuple[float, float],
+    principal_point_px: tuple[float, float] | None,
+) -> None:
+    """Raise XctregError for a non-physical geometry."""
+    vals = [sdd_mm, *pixel_spacing_mm] + ([] if principal_point_px is None else list(principal_point_px))
+    if not all(math.isfinite(float(v)) for v in vals):
+        raise XctregError("geometry has non-finite values")
+    if sdd_mm <= 0:
+        raise XctregError(f"geometry: sdd_mm must be positive, got {sdd_mm:g}")
+    if height <= 0 or width <= 0:
+        raise XctregError(f"geometry: height and width must be positive, got {height}x{width}")
+    if pixel_spacing_mm[0] <= 0 or pixel_spacing_mm[1] <= 0:
+        raise XctregError(f"geometry: pixel_spacing_mm must be positive, got {list(pixel_spacing_mm)}")
+
+
+def read_camera(path: str | os.PathLike[str]) -> Camera:
+    """Read and validate a geometry JSON file (SPEC §5)."""
+    return Camera.from_dict(read_json(path, "geometry JSON"), name=f"geometry {os.fspath(path)}")
+
+
+def write_camera(path: str | os.PathLike[str], camera: Camera) -> None:
+    """Write a geometry JSON file atomically."""
+    write_json(path, camera.to_dict())
+
+
+# --------------------------------------------------------------------------- SE(3)
+def _as_tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x if dtype is None else x.to(dtype)
+    return torch.as_tensor(np.asarray(x), dtype=dtype or torch.float64)
+
+
+def make_se3(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(…,3,3) rotation and (…,3) translation -> (…,4,4) homogeneous transform."""
+    bottom = torch.zeros(*R.shape[:-2], 1, 4, dtype=R.dtype, device=R.device)
+    bottom[..., 0, 3] = 1.0
+    top = torch.cat([R, t.unsqueeze(-1)], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+def invert_se3(T: torch.Tensor) -> torch.Tensor:
+    """Inverse of rigid transforms (…,4,4): [R t]^-1 = [Rᵀ -Rᵀt]."""
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    Rt = R.transpose(-1, -2)
+    return make_se3(Rt, -(Rt @ t.unsqueeze(-1)).squeeze(-1))
+
+
+def compose_se3(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A ∘ B: apply B first, then A (broadcast over leading dims)."""
+    return A @ B
+
+
+def transform_points(T: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Apply (B,4,4) or (4,4) transforms to (N,3) or (B,N,3) points -> (B,N,3) or (N,3)."""
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    return pts @ R.transpose(-1, -2) + t.unsqueeze(-2)
+
+
+def is_rigid(T: np.ndarray, tol: float = 1e-4) -> bool:
+    """True if T is a finite 4x4 proper rigid transform (RᵀR = I, det R = 1, last row 0 0 0 1)."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return (
+        np.allclose(R.T @ R, np.eye(3), atol=tol)
+        and abs(np.linalg.det(R) - 1.0) < tol
+        and np.allclose(T[3], [0, 0, 0, 1], atol=tol)
+    )
+
+
+# --------------------------------------------------------------------------- pose parameters
+@dataclass(frozen=True)
+class PoseReference:
+    """The AP reference view that parameters are relative to: isocenter (LPS mm) and sid (mm)."""
+
+    isocenter_mm: tuple[float, float, float]
+    sid_mm: float = DEFAULT_SID_MM
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"isocenter_mm": [float(v) for v in self.isocenter_mm], "sid_mm": float(self.sid_mm)}
+
+    @classmethod
+    def from_dict(cls, d: Any, name: str = "pose reference") -> PoseReference:
+        try:
+            c = [float(v) for v in d["isocenter_mm"]]
+            sid = float(d.get("sid_mm", DEFAULT_SID_MM))
+        except (KeyError, TypeError, ValueError):
+            raise XctregError(f"{name}: expected {{'isocenter_mm': [x, y, z], 'sid_mm': s}}") from None
+        if len(c) != 3 or not all(math.isfinite(v) for v in [*c, sid]) or sid <= 0:
+            raise XctregError(f"{name}: isocenter_mm must be 3 finite numbers and sid_mm positive")
+        return cls((c[0], c[1], c[2]), sid)
+
+
+def _r_ap(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(R_AP, dtype=dtype, device=device)
+
+
+def euler_to_rotmat(angles_deg: torch.Tensor) -> torch.Tensor:
+    """(…,3) angles (rx, ry, rz) in degrees -> Rz(rz) Ry(ry) Rx(rx), (…,3,3).
+
+    Each is a right-handed rotation about the fixed camera axis (extrinsic xyz).
+    """
+    return roma.euler_to_rotmat("xyz", angles_deg, degrees=True)
+
+
+def rotmat_to_euler(R: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`euler_to_rotmat`: (…,3,3) -> (…,3) degrees (rx, ry, rz)."""
+    return roma.rotmat_to_euler("xyz", R, degrees=True)
+
+
+def params_to_matrix(params: torch.Tensor, ref: PoseReference) -> torch.Tensor:
+    """(B,6) or (6,) parameters (deg, mm) -> ``T_cam_from_world`` (B,4,4) or (4,4).
+
+    x_cam = Rz Ry Rx R_ap (x - c) + (tx, ty, sid + tz). Differentiable.
+    """
+    params = _as_tensor(params)
+    R = euler_to_rotmat(params[..., :3]) @ _r_ap(params.dtype, params.device)
+    c = torch.tensor(ref.isocenter_mm, dtype=params.dtype, device=params.device)
+    shift = torch.tensor([0.0, 0.0, ref.sid_mm], dtype=params.dtype, device=params.device)
+    t = params[..., 3:] + shift - (R @ c.unsqueeze(-1)).squeeze(-1)
+    return make_se3(R, t)
+
+
+def matrix_to_params(T: torch.Tensor, ref: PoseReference) -> torch.Tensor:
+    """``T_cam_from_world`` (…,4,4) -> parameters (…,6) (deg, mm); inverse of :func:`params_to_matrix`."""
+    T = _as_tensor(T)
+    R = T[..., :3, :3] @ _r_ap(T.dtype, T.device).transpose(-1, -2)
+    ang = rotmat_to_euler(R)
+    c = torch.tensor(ref.isocenter_mm, dtype=T.dtype, device=T.device)
+    shift = torch.tensor([0.0, 0.0, ref.sid_mm], dtype=T.dtype, device=T.device)
+    t = T[..., :3, 3] + (T[..., :3, :3] @ c.unsqueeze(-1)).squeeze(-1) - shift
+    return torch.cat([ang, t], dim=-1)
+
+
+@dataclass
+class Pose:
+    """A C-arm pose: ``T_cam_from_world`` (4x4 float64) and its reference view.
+
+    ``params`` (rx, ry, rz deg, tx, ty, tz mm) are derived from the matrix.
+    """
+
+    T_cam_from_world: np.ndarray
+    reference: PoseReference | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> np.ndarray:
+        if self.reference is None:
+            raise XctregError("pose has no reference (isocenter_mm, sid_mm); parameters are undefined")
+        return matrix_to_params(torch.as_tensor(self.T_cam_from_world), self.reference).numpy()
+
+    @classmethod
+    def from_params(cls, params: Any, reference: PoseReference) -> Pose:
+        T = params_to_matrix(torch.as_tensor(np.asarray(params, dtype=np.float64)), reference)
+        return cls(T.numpy(), reference)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"T_cam_from_world": [[float(v) for v in row] for row in self.T_cam_from_world]}
+        if self.reference is not None:
+            d["params"] = {k: float(v) for k, v in zip(PARAM_NAMES, self.params, strict=True)}
+            d["reference"] = self.reference.to_dict()
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, reference: PoseReference | None = None, name: str = "pose") -> Pose:
+        """Parse a pose JSON object (SPEC §5). Needs the matrix or the params (+ a reference).
+
+        ``reference`` is used when the object has none. Matrix and params, when
+        both present, must agree to 1e-6 (rotation entries; translation relative).
+        """
+        if not isinstance(d, dict):
+            raise XctregError(f"{name} must be a JSON object")
+        if "reference" in d:
+            reference = PoseReference.from_dict(d["reference"], name=f"{name} reference")
+        T = None
+        if "T_cam_from_world" in d:
+            try:
+                T = np.asarray(d["T_cam_from_world"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise XctregError(f"{name}: T_cam_from_world must be a 4x4 array of numbers") from None
+            if T.shape != (4, 4):
+                raise XctregError(f"{name}: T_cam_from_world must be 4x4, got shape {T.shape}")
+            if not is_rigid(T):
+                raise XctregError(f"{name}: T_cam_from_world is not a rigid transform (orthonormal R, det 1, last row 0 0 0 1)")
+        p = None
+        if "params" in d:
+            pd = d["params"]
+            missing = [k for k in PARAM_NAMES if not isinstance(pd, dict) or k not in pd]
+            if missing:
+                raise XctregError(f"{name}: params is missing {', '.join(missing)}")
+            try:
+                p = np.array([float(pd[k]) for k in PARAM_NAMES])
+            except (TypeError, ValueError):
+                raise XctregError(f"{name}: params must be numbers") from None
+            if not np.all(np.isfinite(p)):
+                raise XctregError(f"{name}: params must be finite")
+        if T is None and p is None:
+            raise XctregError(f"{name} needs T_cam_from_world or params")
+        if p is not None:
+            if reference is None:
+                raise XctregError(f"{name} gives params but no reference (isocenter_mm, sid_mm)")
+            Tp = params_to_matrix(torch.as_tensor(p), reference).numpy()
+            if T is not None:
+                dR = np.abs(Tp[:3, :3] - T[:3, :3]).max()
+                dt = np.abs(Tp[:3, 3] - T[:3, 3]).max() / max(1.0, np.abs(T[:3, 3]).max())
+                if dR > 1e-6 or dt > 1e-6:
+                    raise XctregError(
+                        f"{name}: T_cam_from_world and params disagree (rotation by {dR:.2g}, translation by {dt:.2g} relative)"
+                    )
+            else:
+                T = Tp
+        extra = {k: v for k, v in d.items() if k not in ("T_cam_from_world", "params", "reference")}
+        return cls(T, reference, extra)
+
+
+def read_pose(path: str | os.PathLike[str], reference: PoseReference | None = None) -> Pose:
+    """Read and validate a pose JSON file (SPEC §5)."""
+    return Pose.from_dict(read_json(path, "pose JSON"), reference=reference, name=f"pose {os.fspath(path)}")
+
+
+def write_pose(path: str | os.PathLike[str], pose: Pose) -> None:
+    """Write a pose JSON file atomically."""
+    write_json(path, pose.to_dict())
+
+
+# --------------------------------------------------------------------------- projection and rays
+def project(points_world: torch.Tensor, T: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project world points (LPS mm) to pixels.
+
+    Args:
+        points_world: (N,3) or (B,N,3).
+        T: (4,4) or (B,4,4) ``T_cam_from_world``.
+    Returns:
+        uv (…,N,2) pixel coordinates (u = column, v = row) and depth z (…,N) in mm.
+    """
+    pc = transform_points(T, points_world)
+    z = pc[..., 2]
+    u = camera.fx * pc[..., 0] / z + camera.cx
+    v = camera.fy * pc[..., 1] / z + camera.cy
+    return torch.stack([u, v], dim=-1), z
+
+
+def pixel_grid(camera: Camera, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """(H*W, 2) pixel centres (u, v) in row-major image order."""
+    v, u = torch.meshgrid(
+        torch.arange(camera.height, dtype=dtype, device=device),
+        torch.arange(camera.width, dtype=dtype, device=device),
+        indexing="ij",
+    )
+    return torch.stack([u.reshape(-1), v.reshape(-1)], dim=-1)
+
+
+def backproject(uv: torch.Tensor, T: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through pixels, in world coordinates.
+
+    Args:
+        uv: (N,2) pixel coordinates (u = column, v = row).
+        T: (4,4) or (B,4,4) ``T_cam_from_world``.
+    Returns:
+        source (…,3): the X-ray source in world (LPS mm);
+        direction (…,N,3): unit ray directions in world.
+    """
+    d_cam = torch.stack(
+        [(uv[..., 0] - camera.cx) / camera.fx, (uv[..., 1] - camera.cy) / camera.fy, torch.ones_like(uv[..., 0])],
+        dim=-1,
+    )
+    d_cam = d_cam / d_cam.norm(dim=-1, keepdim=True)
+    R, t = T[..., :3, :3].to(uv.dtype), T[..., :3, 3].to(uv.dtype)
+    source = -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
+    direction = d_cam @ R  # row-vector form of Rᵀ d
+    return source, direction
+
+
+# --------------------------------------------------------------------------- errors and sampling
+def rotation_error_deg(T_a: torch.Tensor, T_b: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle (degrees) between the rotations of two (…,4,4) poses."""
+    R = T_a[..., :3, :3].transpose(-1, -2) @ T_b[..., :3, :3]
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos))
+
+
+def translation_error_mm(T_a: torch.Tensor, T_b: torch.Tensor) -> torch.Tensor:
+    """Distance (mm) between the X-ray source positions of two (…,4,4) poses."""
+    return (invert_se3(T_a)[..., :3, 3] - invert_se3(T_b)[..., :3, 3]).norm(dim=-1)
+
+
+@dataclass(frozen=True)
+class PoseRanges:
+    """Closed sampling ranges (low, high) per parameter: degrees and mm (SPEC §4 defaults)."""
+
+    rx_deg: tuple[float, float] = (-15.0, 15.0)
+    ry_deg: tuple[float, float] = (-15.0, 15.0)
+    rz_deg: tuple[float, float] = (-15.0, 15.0)
+    tx_mm: tuple[float, float] = (-30.0, 30.0)
+    ty_mm: tuple[float, float] = (-30.0, 30.0)
+    tz_mm: tuple[float, float] = (-50.0, 50.0)
+
+    def __post_init__(self) -> None:
+        for name in PARAM_NAMES:
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise XctregError(f"pose range {name} = [{lo:g}, {hi:g}] is empty or inverted")
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.array([getattr(self, n)[0] for n in PARAM_NAMES])
+        hi = np.array([getattr(self, n)[1] for n in PARAM_NAMES])
+        return lo, hi
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {n: [float(v) for v in getattr(self, n)] for n in PARAM_NAMES}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PoseRanges:
+        try:
+            return cls(**{n: (float(d[n][0]), float(d[n][1])) for n in PARAM_NAMES if n in d})
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise XctregError("pose ranges must map parameter names to [low, high]") from None
+
+
+def sample_params(n: int, ranges: PoseRanges | None = None, seed: int | None = 0) -> np.ndarray:
+    """``n`` parameter vectors (n,6) drawn uniformly and independently within ``ranges``."""
+    lo, hi = (ranges or PoseRanges()).bounds()
+    rng = np.random.default_rng(seed)
+    return lo + (hi - lo) * rng.random((n, 6))
