@@ -33,7 +33,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically. Floats keep full precision."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
@@ -44,6 +44,6 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     if not p.is_file():
         raise XctregError(f"{what} not found: {p}")
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise XctregError(f"{what} {p} is not valid JSON: {exc}") from None
