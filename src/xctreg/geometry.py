@@ -163,6 +163,12 @@ def validate_camera_fields(
         raise XctregError(f"geometry: height and width must be positive, got {height}x{width}")
     if pixel_spacing_mm[0] <= 0 or pixel_spacing_mm[1] <= 0:
         raise XctregError(f"geometry: pixel_spacing_mm must be positive, got {list(pixel_spacing_mm)}")
+    if principal_point_px is not None:
+        cx, cy = principal_point_px
+        if not (-0.5 <= cx <= width - 0.5 and -0.5 <= cy <= height - 0.5):
+            raise XctregError(
+                f"geometry: principal point ({cx:g}, {cy:g}) px lies outside the {height}x{width} image"
+            )
 
 
 def read_camera(path: str | os.PathLike[str]) -> Camera:

@@ -1,0 +1,6 @@
+"""DRR rendering: rays from the SPEC camera, compiled/torch ray marching, Siddon reference."""
+
+from xctreg.render.drr import RenderConfig, Renderer
+from xctreg.render.rays import IndexRays, make_rays
+
+__all__ = ["IndexRays", "RenderConfig", "Renderer", "make_rays"]

@@ -1,0 +1,59 @@
+"""Rays from the SPEC camera into a volume's index space, clipped to the volume box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xctreg.geometry import Camera, backproject, pixel_grid
+
+
+@dataclass
+class IndexRays:
+    """Rays p(t) = origin + t·direction in voxel-index space; t is world mm along the ray.
+
+    origin, direction: (B, R, 3); t0, t1: (B, R) entry and exit distances (mm),
+    t1 <= t0 for rays that miss the volume.
+    """
+
+    origin: torch.Tensor
+    direction: torch.Tensor
+    t0: torch.Tensor
+    t1: torch.Tensor
+
+
+def world_to_index_matrix(affine: torch.Tensor) -> torch.Tensor:
+    """Inverse of a (4, 4) index->world affine."""
+    return torch.linalg.inv(affine)
+
+
+def make_rays(
+    T: torch.Tensor,
+    camera: Camera,
+    affine: torch.Tensor,
+    shape_ijk: tuple[int, int, int],
+    uv: torch.Tensor | None = None,
+) -> IndexRays:
+    """Cast one ray per pixel (or per ``uv`` point) for poses T (B, 4, 4) and clip to the box.
+
+    ``affine`` is the volume's index->world (4, 4) map. The box is
+    [-0.5, n - 0.5] on each index axis. Differentiable in T.
+    """
+    dtype = T.dtype
+    if uv is None:
+        uv = pixel_grid(camera, dtype=dtype, device=T.device)
+    src, dirs = backproject(uv.to(dtype), T, camera)  # (B, 3), (B, R, 3), world
+    inv = world_to_index_matrix(affine.to(dtype=dtype, device=T.device))
+    M, b = inv[:3, :3], inv[:3, 3]
+    o_idx = src @ M.T + b  # (B, 3)
+    d_idx = dirs @ M.T  # (B, R, 3): index units per mm
+    o = o_idx.unsqueeze(1).expand_as(d_idx)
+    n = torch.tensor(shape_ijk, dtype=dtype, device=T.device)
+    with torch.no_grad():
+        safe = torch.where(d_idx.abs() < 1e-12, torch.full_like(d_idx, 1e-12), d_idx)
+        ta = (-0.5 - o) / safe
+        tb = (n - 0.5 - o) / safe
+        t0 = torch.minimum(ta, tb).amax(-1).clamp_min(0.0)
+        t1 = torch.maximum(ta, tb).amin(-1)
+    return IndexRays(o, d_idx, t0, t1)

@@ -1,0 +1,164 @@
+"""Renderer: Siddon vs analytic, fast marcher vs Siddon, backends, batching, gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xctreg.errors import XctregError
+from xctreg.geometry import Camera, params_to_matrix, sample_params
+from xctreg.io import Volume
+from xctreg.render import RenderConfig, Renderer
+from xctreg.render.march import siddon_reference
+from xctreg.render.rays import make_rays
+
+CAM64 = Camera(1020.0, 64, 64, (6.4, 6.4))
+
+
+def _rel_l1(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().sum() / b.abs().sum())
+
+
+def _chord_box(src: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        ta, tb = (lo - src) / d, (hi - src) / d
+    t0 = np.minimum(ta, tb).max(-1)
+    t1 = np.maximum(ta, tb).min(-1)
+    return np.clip(t1 - t0, 0, None)
+
+
+def _rays_world(vol: Volume, cam: Camera, params: np.ndarray):  # noqa: ANN202
+    from xctreg.geometry import PoseReference, backproject, pixel_grid
+
+    ref = PoseReference(tuple(vol.center), 750.0)
+    T = params_to_matrix(torch.tensor(params, dtype=torch.float64), ref)
+    src, d = backproject(pixel_grid(cam, torch.float64), T, cam)
+    rays = make_rays(T, cam, torch.as_tensor(vol.affine), vol.shape_ijk)
+    return src.numpy(), d.numpy(), rays
+
+
+def test_siddon_box_is_exact() -> None:
+    hu = np.zeros((30, 34, 38, 1))  # (k, j, i, C), 2 x 2.5 x 3 mm voxels
+    hu[5:22, 8:30, 4:31] = 1.0
+    vol = Volume(hu[..., 0], spacing=[2.0, 2.5, 3.0], origin=[-50.0, -40.0, -30.0])
+    src, d, rays = _rays_world(vol, Camera(1020.0, 24, 24, (8.0, 8.0)), np.array([[7.0, -9.0, 11.0, 3.0, -4.0, 5.0]]))
+    got = siddon_reference(hu, rays)[0, :, 0].numpy()
+    lo = vol.index_to_world(np.array([4, 8, 5]) - 0.5)
+    hi = vol.index_to_world(np.array([30, 29, 21]) + 0.5)
+    expected = _chord_box(src[0], d[0], lo, hi)
+    assert expected.max() > 50 and (expected > 0).sum() > 50
+    np.testing.assert_allclose(got, expected, atol=1e-6 * expected.max())
+
+
+def test_siddon_ellipsoid_within_half_percent() -> None:
+    n, sp = 96, 1.0
+    axes = np.array([40.0, 30.0, 36.0])
+    sub = (np.arange(4) + 0.5) / 4 - 0.5  # 4x4x4 supersampling per voxel for partial volume
+    c = (np.arange(n) - (n - 1) / 2) * sp
+    frac = np.zeros((n, n, n))
+    for a in sub:
+        for b in sub:
+            for e in sub:
+                x, y, z = c[None, None, :] + a, c[None, :, None] + b, c[:, None, None] + e
+                frac += ((x / axes[0]) ** 2 + (y / axes[1]) ** 2 + (z / axes[2]) ** 2) <= 1
+    frac /= 64
+    vol = Volume(frac, spacing=[sp] * 3, origin=[c[0]] * 3)
+    src, d, rays = _rays_world(vol, Camera(1020.0, 32, 32, (2.4, 2.4)), np.array([[5.0, 8.0, -6.0, 2.0, -3.0, 0.0]]))
+    got = siddon_reference(frac[..., None], rays)[0, :, 0].numpy()
+    # analytic chord through x²/a² + y²/b² + z²/c² = 1: scale to the unit sphere
+    s, dd = src[0] / axes, d[0] / axes
+    A = (dd**2).sum(-1)
+    B = 2 * (s[None] * dd).sum(-1)
+    C = (s**2).sum() - 1
+    disc = np.clip(B**2 - 4 * A * C, 0, None)
+    expected = np.sqrt(disc) / A
+    inner = expected > 0.3 * expected.max()
+    assert inner.sum() > 200
+    err = np.abs(got[inner] - expected[inner]).sum() / expected[inner].sum()
+    assert err < 0.005, err
+
+
+@pytest.mark.parametrize("mode", ["line", "poly"])
+def test_fast_renderer_agrees_with_siddon_on_phantom(mode) -> None:
+    from xctreg.data.phantom import make_phantom
+
+    vol = make_phantom()
+    cam = Camera(1020.0, 96, 96, (4.2, 4.2))
+    r = Renderer(vol, cam, RenderConfig(mode=mode, voxel_mm=None))
+    p = torch.tensor(sample_params(3, seed=7), dtype=torch.float32)
+    fast = r(p)
+    ref = r.intensity_to_image(r.siddon_line_integrals(p.double()).float())
+    assert _rel_l1(fast, ref) < 0.01
+
+
+def test_backends_agree_and_batching_is_consistent(small_phantom) -> None:
+    p = torch.tensor(sample_params(3, seed=2), dtype=torch.float32)
+    rn = Renderer(small_phantom, CAM64, RenderConfig(backend="numba"))
+    rt = Renderer(small_phantom, CAM64, RenderConfig(backend="torch"))
+    a, b = rn(p), rt(p)
+    assert a.shape == (3, 1, 64, 64)
+    assert _rel_l1(a, b) < 0.005
+    one = torch.cat([rn(p[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(one, a)
+    T = params_to_matrix(p.double(), rn.reference).float()
+    torch.testing.assert_close(rn(T), a, rtol=1e-4, atol=1e-4)
+
+
+def test_low_precision_torch_backend(small_phantom) -> None:
+    p = torch.tensor(sample_params(1, seed=3), dtype=torch.float32)
+    full = Renderer(small_phantom, CAM64)(p)
+    half = Renderer(small_phantom, CAM64, RenderConfig(backend="torch"), dtype=torch.bfloat16)(p)
+    assert half.dtype == torch.bfloat16
+    assert _rel_l1(half.float(), full) < 0.03
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_pose_gradient_matches_finite_differences(small_phantom, backend) -> None:
+    cam = Camera(1020.0, 48, 48, (8.0, 8.0))
+    r = Renderer(small_phantom, cam, RenderConfig(mode="poly", backend=backend, step_mm=2.0))
+    target = r(torch.tensor([[2.0, -3.0, 4.0, 5.0, -6.0, 8.0]]))
+    weights = torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+
+    def loss(q: torch.Tensor) -> torch.Tensor:
+        img = r(q)
+        return ((img - target) * weights).sum() + ((img - target) ** 2).sum()
+
+    p0 = torch.tensor([[4.0, -1.0, 2.0, 9.0, -2.0, 20.0]], dtype=torch.float64, requires_grad=True)
+    loss(p0).backward()
+    grad = p0.grad[0].numpy()
+    h = np.array([0.05, 0.05, 0.05, 0.1, 0.1, 0.5])
+    fd = np.zeros(6)
+    for i in range(6):
+        e = torch.zeros(1, 6, dtype=torch.float64)
+        e[0, i] = h[i]
+        with torch.no_grad():
+            fd[i] = float(loss(p0.detach() + e) - loss(p0.detach() - e)) / (2 * h[i])
+    np.testing.assert_allclose(grad, fd, rtol=0.03, atol=0.02 * np.abs(fd).max())
+
+
+def test_torch_backend_gradient_wrt_volume(small_phantom) -> None:
+    r = Renderer(small_phantom, CAM64, RenderConfig(backend="torch"))
+    r.channels.requires_grad_(True)
+    r(torch.zeros(1, 6)).sum().backward()
+    assert r.channels.grad is not None and r.channels.grad.abs().sum() > 0
+
+
+def test_empty_and_bad_inputs(small_phantom) -> None:
+    with pytest.raises(XctregError, match="empty"):
+        Renderer(Volume(np.zeros((0, 4, 4)), [1, 1, 1]), CAM64)
+    r = Renderer(small_phantom, CAM64)
+    with pytest.raises(XctregError, match="poses must be"):
+        r(torch.zeros(2, 5))
+    with pytest.raises(XctregError, match="outside"):
+        Camera(1020.0, 64, 64, (1.0, 1.0), (80.0, 10.0))
+
+
+def test_marker_left_projects_right_and_head_top() -> None:
+    """A bright bead at the patient's left (head) lands in the right (top) half of the AP DRR."""
+    hu = np.full((48, 48, 48), -1000.0, dtype=np.float32)
+    hu[30:34, 22:26, 36:40] = 3000.0  # (z, y, x): x index 36..39 > centre (left), z 30..33 > centre (head)
+    vol = Volume(hu, spacing=[4.0] * 3, origin=[-94.0] * 3)
+    img = Renderer(vol, Camera(1020.0, 64, 64, (4.0, 4.0)), RenderConfig(mode="line"))(torch.zeros(1, 6))[0, 0]
+    row, col = np.unravel_index(int(img.argmax()), img.shape)
+    assert col > 32 and row < 32
