@@ -120,6 +120,69 @@ def check(
         _echo(f"pose {pose}: params (rx ry rz deg, tx ty tz mm) = {desc}")
 
 
+@app.command("simulate")
+def simulate(
+    ct: Annotated[Path, typer.Argument(help="CT volume: NIfTI, NRRD, MHA/MHD or a DICOM series folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Output image (.npy/.png/.tiff/.dcm), or a folder with --random.")],
+    geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON; default: the --preset camera.")] = None,
+    pose: Annotated[Path | None, typer.Option("--pose", help="Pose JSON (matrix or params).")] = None,
+    random: Annotated[int, typer.Option("--random", help="Render N random poses from the default ranges.")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="Image format for --random: png, npy, tiff or dcm.")] = "png",
+    preset: Annotated[str, typer.Option("--preset", help="Camera when no --geometry: paper (256², 1.6 mm) or quick (128², 3.2 mm).")] = "paper",
+    mode: Annotated[str, typer.Option("--mode", help="poly (spectrum), mono or line (density line integral).")] = "poly",
+    kvp: Annotated[float, typer.Option("--kvp", help="Tube voltage (kVp).")] = 90.0,
+    al_mm: Annotated[float, typer.Option("--al-mm", help="Aluminium filtration (mm).")] = 4.0,
+    photons: Annotated[float | None, typer.Option("--photons", help="Photons per pixel for Poisson noise (default: none).")] = None,
+    blur_px: Annotated[float, typer.Option("--blur-px", help="Detector blur sigma (px).")] = 0.0,
+    scatter: Annotated[float, typer.Option("--scatter", help="Scatter fraction 0..0.9.")] = 0.0,
+    sid_mm: Annotated[float, typer.Option("--sid-mm", help="Source-isocenter distance of the reference view.")] = 750.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for random poses and noise.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Accept a volume that does not look like a CT.")] = False,
+) -> None:
+    """Render physics-based X-rays (DRRs) of a CT at a given pose or at N random poses."""
+    import time
+
+    from xctreg.geometry import PoseReference, read_camera, read_pose
+    from xctreg.io import read_volume
+    from xctreg.physics import DetectorConfig
+    from xctreg.render import RenderConfig
+    from xctreg.runtime import resolve_device
+    from xctreg.simulate import PRESET_CAMERAS, SimulateConfig, simulate_one, simulate_random
+
+    if (pose is None) == (random == 0):
+        raise XctregError("give exactly one of --pose POSE.json or --random N")
+    if preset not in PRESET_CAMERAS:
+        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    if not 0.0 <= scatter <= 0.9:
+        raise XctregError(f"--scatter must be in [0, 0.9], got {scatter:g}")
+    if photons is not None and photons <= 0:
+        raise XctregError(f"--photons must be positive, got {photons:g}")
+    dev = resolve_device(device)
+    cam = read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
+    vol = read_volume(ct, force=force)
+    reference = PoseReference(tuple(float(v) for v in vol.center), sid_mm)
+    p = read_pose(pose, reference=reference) if pose is not None else None
+    det = DetectorConfig(photons=photons, blur_px=blur_px, scatter_fraction=scatter)
+    rcfg = RenderConfig(mode=mode, kvp=kvp, al_mm=al_mm, detector=det)  # type: ignore[arg-type]
+    cfg = SimulateConfig(render=rcfg, sid_mm=sid_mm, seed=seed)
+    t0 = time.perf_counter()
+    if p is not None:
+        img_path, pose_path = simulate_one(vol, cam, p, out, cfg, dev)
+        _echo(f"wrote {img_path} ({cam.height}x{cam.width}, {mode}) and {pose_path} in {time.perf_counter() - t0:.2f} s")
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as bar:
+        task = bar.add_task("render", total=random)
+        pj = simulate_random(vol, cam, random, out, "." + fmt.lstrip("."), None, cfg, dev,
+                             progress=lambda k: bar.advance(task, k))  # fmt: skip
+    dt = time.perf_counter() - t0
+    _echo(f"wrote {random} DRRs ({cam.height}x{cam.width}, {mode}) and {pj} to {out} in {dt:.1f} s ({random / dt:.1f}/s)")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (no ``sys.exit``)."""
     _state["debug"] = False
