@@ -1,0 +1,251 @@
+"""Augmentation that makes DRRs look like intra-operative X-rays, without moving anatomy.
+
+It works on material line integrals L (B, 3, H, W) in g/cm² (air, soft tissue,
+bone), the cheap-to-store output of the renderer, in three levels:
+
+1. *3D objects*: metal rods, screws, wires and a table edge, placed in world
+   (CT) coordinates near the patient. Their exact line integrals (analytic
+   ray–cylinder / ray–box chords) are added to L, which is the same as
+   inserting them into the volume before rendering. They are attached to
+   the CT, so they move with the pose like anatomy does.
+2. *Physics*: per image kVp (70–120), bone/soft-tissue contrast, scatter
+   fraction, detector blur and photon count (Poisson noise).
+3. *Image*: gamma, brightness/contrast, CLAHE, Gaussian noise, blur or
+   sharpening, random erasing, collimation (circular or rectangular, black or
+   saturated) and saturation.
+
+No spatial transform is applied, so pose labels stay exact. All randomness
+comes from one torch Generator, so a seed fixes the result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from xctreg.geometry import Camera, backproject, pixel_grid
+from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
+from xctreg.physics.spectrum import Spectrum, tube_spectrum
+
+#: Equivalent density (g/cm³ of the bone channel) of titanium: ρ 4.5, μ/ρ close to bone's.
+TITANIUM_AS_BONE = 4.5
+#: Instruments: (name, radius range mm, length range mm).
+OBJECT_KINDS = (("rod", (1.0, 2.5), (30.0, 120.0)), ("screw", (1.5, 3.0), (20.0, 50.0)), ("wire", (0.3, 0.6), (100.0, 300.0)))
+#: Carbon-fibre table top as soft tissue (g/cm³).
+TABLE_AS_SOFT = 0.8
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of every augmentation; ``strength`` in [0, 1] scales them all.
+
+    strength 0 is the clean DRR (90 kVp, no effects) normalised to [0, 1];
+    the curriculum of training raises it step by step.
+    """
+
+    strength: float = 1.0
+    kvp_range: tuple[float, float] = (70.0, 120.0)
+    bone_scale_range: tuple[float, float] = (0.8, 1.2)
+    p_noise: float = 0.8
+    photons_range: tuple[float, float] = (3e3, 1e5)
+    blur_px_max: float = 1.5
+    scatter_max: float = 0.3
+    p_objects: float = 0.5
+    max_objects: int = 3
+    p_table: float = 0.3
+    p_gamma: float = 0.5
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    p_contrast: float = 0.5
+    p_clahe: float = 0.2
+    p_gauss_noise: float = 0.3
+    p_blur: float = 0.2
+    p_sharpen: float = 0.2
+    p_erase: float = 0.2
+    p_collimate: float = 0.4
+    p_saturate: float = 0.2
+
+    def scaled(self, strength: float) -> AugmentConfig:
+        return replace(self, strength=float(min(max(strength, 0.0), 1.0)))
+
+
+def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    return float(lo + (hi - lo) * torch.rand((), generator=g))
+
+
+def _hit(g: torch.Generator, p: float, strength: float) -> bool:
+    return _u(g) < p * strength
+
+
+# ------------------------------------------------------------------ 3D objects
+def cylinder_chords(src: torch.Tensor, d: torch.Tensor, center: torch.Tensor, axis: torch.Tensor, radius: float, half_len: float) -> torch.Tensor:
+    """Chord length (mm) of rays src + t·d (d unit, (R, 3)) through a finite cylinder."""
+    a = axis / axis.norm()
+    w = src - center
+    da = d @ a
+    wa = w @ a
+    dp = d - da.unsqueeze(-1) * a
+    wp = w - wa * a
+    A = (dp * dp).sum(-1).clamp_min(1e-12)
+    B = 2 * (dp * wp).sum(-1)
+    C = (wp * wp).sum() - radius**2
+    disc = B * B - 4 * A * C
+    sq = disc.clamp_min(0).sqrt()
+    t1, t2 = (-B - sq) / (2 * A), (-B + sq) / (2 * A)
+    safe = torch.where(da.abs() < 1e-12, torch.full_like(da, 1e-12), da)
+    s1, s2 = (-half_len - wa) / safe, (half_len - wa) / safe
+    t3, t4 = torch.minimum(s1, s2), torch.maximum(s1, s2)
+    inside_slab = (wa.abs() <= half_len) | (da.abs() >= 1e-12)
+    chord = (torch.minimum(t2, t4) - torch.maximum(t1, t3)).clamp_min(0)
+    return torch.where((disc > 0) & inside_slab, chord, torch.zeros_like(chord))
+
+
+def box_chords(src: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Chord length (mm) of rays through an axis-aligned box [lo, hi] (world mm)."""
+    safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    ta, tb = (lo - src) / safe, (hi - src) / safe
+    t0 = torch.minimum(ta, tb).amax(-1).clamp_min(0)
+    t1 = torch.maximum(ta, tb).amin(-1)
+    return (t1 - t0).clamp_min(0)
+
+
+def random_objects(
+    T: torch.Tensor, camera: Camera, isocenter: torch.Tensor, body_half_mm: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
+) -> torch.Tensor:
+    """Line integrals (B, 3, H, W) g/cm² of random instruments and a table edge, per pose T (B, 4, 4)."""
+    B = T.shape[0]
+    out = torch.zeros(B, 3, camera.height, camera.width, dtype=torch.float64)
+    uv = pixel_grid(camera, dtype=torch.float64)
+    src, dirs = backproject(uv, T.double(), camera)
+    iso = isocenter.double()
+    half = body_half_mm.double()
+    for b in range(B):
+        if _hit(g, cfg.p_objects, cfg.strength):
+            for _ in range(1 + int(_u(g) * cfg.max_objects)):
+                radius, length = OBJECT_KINDS[int(_u(g) * len(OBJECT_KINDS)) % len(OBJECT_KINDS)][1:]
+                r = _u(g, *radius)
+                ln = _u(g, *length)
+                c = iso + half * 0.6 * (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1)
+                ax = torch.randn(3, generator=g, dtype=torch.float64)
+                chord = cylinder_chords(src[b], dirs[b], c, ax, r, ln / 2)
+                out[b, 2] += (chord * 0.1 * TITANIUM_AS_BONE).reshape(camera.height, camera.width)
+        if _hit(g, cfg.p_table, cfg.strength):
+            y0 = float(iso[1] + half[1] * _u(g, 0.7, 1.0))
+            lo = torch.tensor([iso[0] - 250, y0, iso[2] - 1000], dtype=torch.float64)
+            hi = torch.tensor([iso[0] + 250, y0 + _u(g, 10, 30), iso[2] + 1000], dtype=torch.float64)
+            chord = box_chords(src[b], dirs[b], lo, hi)
+            out[b, 1] += (chord * 0.1 * TABLE_AS_SOFT).reshape(camera.height, camera.width)
+    return out
+
+
+# ------------------------------------------------------------------ physics
+_SPECTRA: dict[int, Spectrum] = {}
+
+
+def _spectrum(kvp: float) -> Spectrum:
+    k = int(round(kvp))
+    if k not in _SPECTRA:
+        _SPECTRA[k] = tube_spectrum(float(k), 4.0, 6)
+    return _SPECTRA[k]
+
+
+def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Attenuation images (B, 1, H, W) from line integrals with random tube, contrast and detector."""
+    s = cfg.strength
+    imgs = []
+    for b in range(L.shape[0]):
+        lb = L[b : b + 1].float()
+        kvp = 90.0 + s * (_u(g, *cfg.kvp_range) - 90.0)
+        scale = 1.0 + s * (_u(g, *cfg.bone_scale_range) - 1.0)
+        lb = torch.cat([lb[:, :2], lb[:, 2:] * scale], dim=1)
+        inten = beer_lambert(lb, _spectrum(kvp))
+        photons = None
+        if _hit(g, cfg.p_noise, s):
+            lo, hi = math.log(cfg.photons_range[0]), math.log(cfg.photons_range[1])
+            photons = math.exp(hi - s * (hi - lo) * _u(g))
+        det = DetectorConfig(photons=photons, blur_px=s * _u(g, 0, cfg.blur_px_max), scatter_fraction=s * _u(g, 0, cfg.scatter_max))
+        imgs.append(apply_detector(inten, det, g))
+    return torch.cat(imgs)
+
+
+# ------------------------------------------------------------------ image level
+def normalize(img: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max to [0, 1] (B, 1, H, W)."""
+    lo = img.amin(dim=(-2, -1), keepdim=True)
+    hi = img.amax(dim=(-2, -1), keepdim=True)
+    return (img - lo) / (hi - lo).clamp_min(1e-6)
+
+
+def collimate(img: torch.Tensor, g: torch.Generator, value: float) -> torch.Tensor:
+    """Black (0) or saturated (1) borders: a circle or a rectangle of random size."""
+    _, _, H, W = img.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=img.dtype), torch.arange(W, dtype=img.dtype), indexing="ij")
+    if _u(g) < 0.5:
+        r = _u(g, 0.38, 0.55) * min(H, W)
+        cu, cv = (W - 1) / 2 + _u(g, -0.05, 0.05) * W, (H - 1) / 2 + _u(g, -0.05, 0.05) * H
+        keep = (u - cu) ** 2 + (v - cv) ** 2 <= r**2
+    else:
+        m = [int(_u(g, 0.0, 0.15) * n) for n in (W, W, H, H)]
+        keep = (u >= m[0]) & (u < W - m[1]) & (v >= m[2]) & (v < H - m[3])
+    return torch.where(keep, img, torch.full_like(img, value))
+
+
+def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Image-level augmentations on [0, 1] images (B, 1, H, W); returns [0, 1] images."""
+    import kornia
+
+    s = cfg.strength
+    out = []
+    for b in range(img.shape[0]):
+        x = img[b : b + 1]
+        if _hit(g, cfg.p_gamma, s):
+            x = x.clamp(0, 1) ** _u(g, *cfg.gamma_range)
+        if _hit(g, cfg.p_contrast, s):
+            x = (x - 0.5) * _u(g, 0.7, 1.3) + 0.5 + _u(g, -0.1, 0.1)
+        if _hit(g, cfg.p_clahe, s):
+            x = kornia.enhance.equalize_clahe(x.clamp(0, 1), clip_limit=_u(g, 1.0, 4.0), grid_size=(4, 4))
+        if _hit(g, cfg.p_blur, s):
+            x = kornia.filters.gaussian_blur2d(x, (7, 7), (_u(g, 0.5, 1.5),) * 2, border_type="replicate")
+        elif _hit(g, cfg.p_sharpen, s):
+            sig = _u(g, 0.8, 2.0)
+            x = x + _u(g, 0.3, 1.0) * (x - kornia.filters.gaussian_blur2d(x, (9, 9), (sig, sig), border_type="replicate"))
+        if _hit(g, cfg.p_gauss_noise, s):
+            x = x + _u(g, 0.005, 0.04) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        if _hit(g, cfg.p_saturate, s):
+            x = x.clamp(max=_u(g, 0.8, 0.97))
+        x = normalize(x.clamp(-1, 2))
+        if _hit(g, cfg.p_erase, s):
+            _, _, H, W = x.shape
+            h, w = int(_u(g, 0.05, 0.2) * H), int(_u(g, 0.05, 0.2) * W)
+            r0, c0 = int(_u(g) * (H - h)), int(_u(g) * (W - w))
+            x = x.clone()
+            x[..., r0 : r0 + h, c0 : c0 + w] = _u(g)
+        if _hit(g, cfg.p_collimate, s):
+            x = collimate(x, g, 0.0 if _u(g) < 0.6 else 1.0)
+        out.append(x)
+    return torch.cat(out)
+
+
+def augment(
+    L: torch.Tensor,
+    cfg: AugmentConfig,
+    g: torch.Generator,
+    T: torch.Tensor | None = None,
+    camera: Camera | None = None,
+    isocenter: torch.Tensor | None = None,
+    body_half_mm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Full augmentation: (B, 3, H, W) g/cm² line integrals -> [0, 1] images (B, 1, H, W).
+
+    With ``T``, ``camera``, ``isocenter`` and ``body_half_mm``, random 3D objects are added.
+    """
+    L = L.float()
+    if T is not None and camera is not None and isocenter is not None and body_half_mm is not None and cfg.strength > 0:
+        L = L + random_objects(T, camera, isocenter, body_half_mm, cfg, g).float()
+    return image_level(normalize(physics(L, cfg, g)), cfg, g)
+
+
+def clean_image(L: torch.Tensor) -> torch.Tensor:
+    """The un-augmented image: 90 kVp, no detector effects, normalised to [0, 1]."""
+    return normalize(-torch.log(beer_lambert(L.float(), _spectrum(90.0)).clamp_min(1e-12)))
