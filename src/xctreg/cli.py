@@ -183,6 +183,99 @@ def simulate(
     _echo(f"wrote {random} DRRs ({cam.height}x{cam.width}, {mode}) and {pj} to {out} in {dt:.1f} s ({random / dt:.1f}/s)")
 
 
+@data_app.command("generate")
+def data_generate(
+    ct: Annotated[Path, typer.Argument(help="CT volume.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder (resumes if it holds the same dataset).")],
+    preset: Annotated[str, typer.Option("--preset", help="Camera: quick (128², 3.2 mm) or paper (256², 1.6 mm).")] = "quick",
+    geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON instead of the preset camera.")] = None,
+    n_train: Annotated[int, typer.Option("--n-train")] = 10000,
+    n_val: Annotated[int, typer.Option("--n-val")] = 200,
+    n_test: Annotated[int, typer.Option("--n-test")] = 200,
+    method: Annotated[str, typer.Option("--method", help="Pose sampling: uniform or sobol.")] = "uniform",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size")] = 256,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Accept a volume that does not look like a CT.")] = False,
+) -> None:
+    """Render a cached, resumable training dataset (material line integrals + pose tables)."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from xctreg.data.dataset import DataConfig, generate
+    from xctreg.data.poses import SplitConfig
+    from xctreg.geometry import read_camera
+    from xctreg.io import read_volume
+    from xctreg.runtime import resolve_device
+    from xctreg.simulate import PRESET_CAMERAS
+
+    if preset not in PRESET_CAMERAS:
+        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    if min(n_train, n_val, n_test) < 0 or n_train + n_val + n_test == 0:
+        raise XctregError("the dataset is empty; give positive --n-train/--n-val/--n-test")
+    if method not in ("uniform", "sobol"):
+        raise XctregError(f"unknown --method {method!r}; use uniform or sobol")
+    cam = read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
+    vol = read_volume(ct, force=force)
+    cfg = DataConfig(camera=cam, splits=SplitConfig(n_train, n_val, n_test, method=method, seed=seed), shard_size=shard_size)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("gen", total=None)
+
+        def on_estimate(e) -> None:  # noqa: ANN001
+            bar.update(task, total=max(e.n, 1))
+            bar.console.print(
+                f"{e.n} DRRs to render: about {e.bytes / 1e9:.2f} GB on disk ({e.free_bytes / 1e9:.1f} GB free), "
+                f"about {e.seconds / 60:.1f} min"
+            )
+
+        generate(vol, out, cfg, ct_path=ct, device=resolve_device(device), on_estimate=on_estimate,
+                 progress=lambda done, total: bar.update(task, completed=done))  # fmt: skip
+    _echo(f"dataset {out}: {n_train}/{n_val}/{n_test} train/val/test DRRs ({cam.height}x{cam.width}) in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command("augment-preview")
+def augment_preview(
+    ct: Annotated[Path, typer.Argument(help="CT volume.")],
+    out: Annotated[Path, typer.Option("--out", help="Output PNG grid.")],
+    n: Annotated[int, typer.Option("--n", help="Number of poses (columns).")] = 8,
+    preset: Annotated[str, typer.Option("--preset", help="Camera: quick or paper.")] = "quick",
+    strength: Annotated[float, typer.Option("--strength", help="Augmentation strength 0..1.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    force: Annotated[bool, typer.Option("--force")] = False,
+) -> None:
+    """Save a grid of clean DRRs (top row) and augmented versions (two rows below)."""
+    import numpy as np
+    import torch
+
+    from xctreg.data.augment import AugmentConfig, augment, clean_image
+    from xctreg.data.poses import sample_poses
+    from xctreg.io import read_volume
+    from xctreg.render import Renderer
+    from xctreg.simulate import PRESET_CAMERAS
+    from xctreg.viz import image_grid
+
+    if preset not in PRESET_CAMERAS:
+        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    if not 1 <= n <= 32:
+        raise XctregError("--n must be between 1 and 32")
+    vol = read_volume(ct, force=force)
+    cam = PRESET_CAMERAS[preset]
+    r = Renderer(vol, cam)
+    p = torch.as_tensor(sample_poses(n, seed=seed), dtype=torch.float32)
+    with torch.no_grad():
+        L = r.line_integrals(p)
+    T = r.poses_to_matrix(p)
+    iso = torch.tensor(r.reference.isocenter_mm)
+    half = torch.tensor(np.ptp(vol.corners_world(), axis=0) / 2.0)
+    g = torch.Generator().manual_seed(seed)
+    cfg = AugmentConfig().scaled(strength)
+    rows = [clean_image(L)[:, 0].numpy()] + [augment(L, cfg, g, T, cam, iso, half)[:, 0].numpy() for _ in range(2)]
+    image_grid([list(x) for x in rows], out, ["clean DRR", "augmented", "augmented"])
+    _echo(f"wrote {out}: {n} clean DRRs and {2 * n} augmented ones (strength {strength:g})")
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` and return the exit code (no ``sys.exit``)."""
     _state["debug"] = False
@@ -201,6 +294,12 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback with --debug
+        if _state["debug"] or "--debug" in args:
+            raise
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"error: internal {type(exc).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

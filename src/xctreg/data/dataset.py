@@ -136,10 +136,12 @@ def generate(
     n_todo = sum(len(c) for _, _, c in todo)
 
     renderer = Renderer(volume, cfg.camera, cfg.render, device=device, reference=PoseReference(**meta["reference"]))
-    t = time.perf_counter()
+    probe = torch.as_tensor(make_splits(SplitConfig(4, 0, 0, seed=cfg.splits.seed))["train"], dtype=torch.float32)
     with torch.no_grad():
-        renderer.line_integrals(torch.as_tensor(splits["train"][: max(1, min(cfg.batch, 4))], dtype=torch.float32))
-    per = (time.perf_counter() - t) / max(1, min(cfg.batch, 4))
+        renderer.line_integrals(probe[:1])  # warm-up: kernel compilation, caches
+        t = time.perf_counter()
+        renderer.line_integrals(probe)
+    per = (time.perf_counter() - t) / len(probe) * 1.15  # + writing
     existing = out if out.exists() else out.parent
     while not existing.exists():
         existing = existing.parent

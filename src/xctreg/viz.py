@@ -1,0 +1,35 @@
+"""Figures: image grids (augmentation previews) written as PNG with matplotlib."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from xctreg._fs import atomic_path
+
+
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]], path: str | os.PathLike[str], row_titles: Sequence[str] | None = None, cell_in: float = 1.8
+) -> None:
+    """Save a grid of 2D images (rows x columns, grey, each min-max scaled) as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(cell_in * nc, cell_in * nr), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(nc):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(row):
+                ax.imshow(np.asarray(row[j]), cmap="gray")
+        if row_titles is not None:
+            axes[i][0].set_title(row_titles[i], fontsize=8, loc="left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)

@@ -1,0 +1,216 @@
+"""Training data: pose sampling and splits, cached shards (resume, corruption), augmentation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xctreg.data.augment import AugmentConfig, augment, box_chords, clean_image, cylinder_chords
+from xctreg.data.dataset import DataConfig, ShardDataset, generate
+from xctreg.data.poses import SplitConfig, make_splits, sample_poses
+from xctreg.errors import XctregError
+from xctreg.geometry import Camera, PoseRanges
+from xctreg.render import Renderer
+
+CAM = Camera(1020.0, 32, 32, (12.0, 12.0))
+
+
+def _ks(u: np.ndarray) -> float:
+    u = np.sort(u)
+    n = len(u)
+    return float(np.max(np.maximum(np.arange(1, n + 1) / n - u, u - np.arange(n) / n)))
+
+
+@pytest.mark.parametrize("method", ["uniform", "sobol"])
+def test_poses_in_range_and_uniform(method) -> None:
+    ranges = PoseRanges(rx_deg=(-5, 5), tz_mm=(-80, 20))
+    p = sample_poses(2048, ranges, seed=4, method=method)
+    lo, hi = ranges.bounds()
+    assert p.shape == (2048, 6) and np.all(p >= lo) and np.all(p <= hi)
+    for j in range(6):
+        assert _ks((p[:, j] - lo[j]) / (hi[j] - lo[j])) < 1.63 / math.sqrt(2048)
+    np.testing.assert_array_equal(p, sample_poses(2048, ranges, seed=4, method=method))
+
+
+def test_sobol_is_more_even_than_uniform() -> None:
+    u = sample_poses(1024, seed=1, method="uniform")[:, 0]
+    s = sample_poses(1024, seed=1, method="sobol")[:, 0]
+    assert _ks((s + 15) / 30) < _ks((u + 15) / 30)
+
+
+@pytest.mark.parametrize("method", ["uniform", "sobol"])
+def test_splits_are_disjoint(method) -> None:
+    sp = make_splits(SplitConfig(n_train=500, n_val=50, n_test=50, method=method, seed=2))
+    rows = [tuple(r) for k in ("train", "val", "test") for r in sp[k]]
+    assert len(rows) == len(set(rows)) == 600
+    assert {k: len(v) for k, v in sp.items()} == {"train": 500, "val": 50, "test": 50}
+
+
+def test_inverted_ranges_refused() -> None:
+    with pytest.raises(XctregError, match="inverted"):
+        PoseRanges(tz_mm=(50.0, -50.0))
+    with pytest.raises(XctregError, match="inverted"):
+        PoseRanges(tx_mm=(float("nan"), 1.0))
+
+
+def _cfg(n=(10, 3, 3)) -> DataConfig:
+    return DataConfig(camera=CAM, splits=SplitConfig(*n, seed=1), shard_size=4, batch=3)
+
+
+def test_shards_round_trip(tmp_path, small_phantom) -> None:
+    cfg = _cfg()
+    generate(small_phantom, tmp_path / "ds", cfg)
+    ds = ShardDataset(tmp_path / "ds", "train")
+    assert len(ds) == 10 and len(ShardDataset(tmp_path / "ds", "test")) == 3
+    L, p = ds[6]
+    assert L.shape == (3, 32, 32) and p.shape == (6,)
+    r = Renderer(small_phantom, CAM, cfg.render)
+    expected = r.line_integrals(p[None])[0]
+    torch.testing.assert_close(L, expected, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(p.numpy(), make_splits(cfg.splits)["train"][6], rtol=1e-6)
+
+
+def test_resumed_generation_equals_uninterrupted(tmp_path, small_phantom) -> None:
+    cfg = _cfg()
+    generate(small_phantom, tmp_path / "full", cfg)
+
+    def die(done: int, total: int) -> None:
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(small_phantom, tmp_path / "part", cfg, progress=die)
+    with pytest.raises(XctregError, match="incomplete"):
+        ShardDataset(tmp_path / "part")
+    calls = []
+    generate(small_phantom, tmp_path / "part", cfg, progress=lambda d, t: calls.append(t))
+    assert calls and calls[0] == 16 - 4  # only what was missing was rendered
+    files = sorted(p.relative_to(tmp_path / "full") for p in (tmp_path / "full").rglob("*.npy"))
+    assert len(files) == 3 + 3 + 1 + 1
+    for f in files:
+        np.testing.assert_array_equal(np.load(tmp_path / "full" / f), np.load(tmp_path / "part" / f))
+
+
+def test_corrupt_shard_and_foreign_folder(tmp_path, small_phantom) -> None:
+    cfg = _cfg()
+    generate(small_phantom, tmp_path / "ds", cfg)
+    shard = tmp_path / "ds" / "train" / "shard_00001.npy"
+    shard.write_bytes(shard.read_bytes()[:300])
+    with pytest.raises(XctregError, match="corrupt shard"):
+        ShardDataset(tmp_path / "ds")
+    generate(small_phantom, tmp_path / "ds", cfg)  # resuming repairs it
+    assert len(ShardDataset(tmp_path / "ds")) == 10
+    other = DataConfig(camera=CAM, splits=SplitConfig(10, 3, 3, seed=2), shard_size=4)
+    with pytest.raises(XctregError, match="different dataset"):
+        generate(small_phantom, tmp_path / "ds", other)
+
+
+def test_disk_estimate_above_free_space(tmp_path, small_phantom, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    seen = []
+    with pytest.raises(XctregError, match="GB are free"):
+        generate(small_phantom, tmp_path / "ds", _cfg(), on_estimate=seen.append)
+    assert seen and seen[0].bytes == 16 * 3 * 32 * 32 * 2 and seen[0].seconds > 0
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.fixture(scope="module")
+def batch(small_phantom):
+    cam = Camera(1020.0, 64, 64, (6.4, 6.4))
+    r = Renderer(small_phantom, cam)
+    p = torch.tensor(sample_poses(6, seed=3), dtype=torch.float32)
+    return r, cam, p, r.line_integrals(p)
+
+
+def _aug(batch, seed: int, strength: float = 1.0, **changes) -> torch.Tensor:
+    from dataclasses import replace
+
+    r, cam, p, L = batch
+    T = r.poses_to_matrix(p)
+    iso = torch.tensor(r.reference.isocenter_mm)
+    half = torch.tensor([150.0, 100.0, 150.0])
+    return augment(L, replace(AugmentConfig(), **changes).scaled(strength), torch.Generator().manual_seed(seed), T, cam, iso, half)
+
+
+def test_augmentation_is_deterministic_under_a_seed(batch) -> None:
+    a, b, c = _aug(batch, 5), _aug(batch, 5), _aug(batch, 6)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    assert a.shape == (6, 1, 64, 64) and float(a.min()) >= 0 and float(a.max()) <= 1
+    clean = clean_image(batch[3])
+    torch.testing.assert_close(_aug(batch, 9, strength=0.0), clean, rtol=1e-5, atol=1e-5)
+
+
+def test_augmentation_does_not_move_anatomy(batch) -> None:
+    """Anatomy's edges stay in place: the high-passed augmented image correlates best with the
+    high-passed clean image at zero shift (collimation and erasing only blank pixels; tested below)."""
+    import kornia
+
+    def highpass(x: torch.Tensor) -> torch.Tensor:
+        return x - kornia.filters.gaussian_blur2d(x, (13, 13), (3.0, 3.0), border_type="replicate")
+
+    clean = highpass(clean_image(batch[3]))
+    total: dict[tuple[int, int], float] = {}
+    for seed in range(4):
+        aug = highpass(_aug(batch, seed, p_collimate=0.0, p_erase=0.0))
+        for i in range(aug.shape[0]):
+            a, b = aug[i, 0], clean[i, 0]
+            m, (H, W) = 4, a.shape
+            ref = b[m : H - m, m : W - m]
+            scores = {}
+            for dy in range(-m, m + 1):
+                for dx in range(-m, m + 1):
+                    win = a[m + dy : H - m + dy, m + dx : W - m + dx]
+                    x, y = win - win.mean(), ref - ref.mean()
+                    scores[dy, dx] = float((x * y).sum() / ((x * x).sum() * (y * y).sum()).sqrt().clamp_min(1e-12))
+            for k, v in scores.items():
+                total[k] = total.get(k, 0.0) + v
+            assert scores[0, 0] > max(scores.values()) - 0.01, (seed, i)  # noise may tip it by a hair
+    assert max(total, key=total.get) == (0, 0)
+
+
+def test_collimation_only_blanks_pixels() -> None:
+    from xctreg.data.augment import collimate
+
+    img = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    for seed in range(6):
+        out = collimate(img, torch.Generator().manual_seed(seed), 1.0 if seed % 2 else 0.0)
+        changed = out != img
+        assert changed.any() and torch.all(out[changed] == (1.0 if seed % 2 else 0.0))
+        assert not changed[0, 0, 32, 32]  # the centre stays
+
+
+def test_object_chords_are_exact() -> None:
+    src = torch.tensor([[0.0, -100.0, 0.0]], dtype=torch.float64).expand(3, 3)
+    d = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    c = torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64)
+    shift = torch.tensor([[0, 0, 0], [1.5, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    chord = cylinder_chords(src + shift, d, c, torch.tensor([0.0, 0, 1.0]), 2.0, 10.0)
+    np.testing.assert_allclose(chord.numpy(), [4.0, 2 * math.sqrt(4 - 1.5**2), 0.0], atol=1e-9)
+    box = box_chords(src[:2], d[:2], torch.tensor([-5.0, -5, -5]), torch.tensor([5.0, 15, 5]))
+    np.testing.assert_allclose(box.numpy(), [20.0, 20.0], atol=1e-9)
+
+
+def test_cli_generate_and_preview(cli, tmp_path, small_phantom) -> None:
+    from conftest import assert_one_line_error
+    from xctreg.io import write_volume
+
+    ct = write_volume(small_phantom, tmp_path / "ct.nii.gz")
+    res = cli("data", "generate", ct, "--out", tmp_path / "ds", "--n-train", "6", "--n-val", "2", "--n-test", "2", "--shard-size", "4")
+    assert res.code == 0, res.err
+    assert "GB on disk" in res.out and len(ShardDataset(tmp_path / "ds", "val")) == 2
+    assert ShardDataset(tmp_path / "ds").meta["ct_sha256"]
+    assert_one_line_error(cli("data", "generate", ct, "--out", tmp_path / "e", "--n-train", "0", "--n-val", "0", "--n-test", "0"), "empty")
+    assert not (tmp_path / "e").exists()
+    res = cli("augment-preview", ct, "--out", tmp_path / "grid.png", "--n", "3")
+    assert res.code == 0, res.err
+    from xctreg.io import read_xray
+
+    assert read_xray(tmp_path / "grid.png").image.shape[1] > 200
