@@ -1,0 +1,85 @@
+"""Registration metrics (SPEC §6): mTRE, mPD, success rates, per-parameter errors, NCC, SSIM, CSS.
+
+Poses are ``T_cam_from_world`` (…, 4, 4) in mm; targets are world points
+(LPS mm); images are (…, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xctreg.geometry import Camera, PARAM_NAMES, project, transform_points
+from xctreg.io.volume import Volume
+
+SR_THRESHOLDS_MM = (10.0, 5.0, 2.0, 1.0)
+
+
+def target_points(volume: Volume, n: int = 5000, seed: int = 0, hu_min: float = -200.0) -> np.ndarray:
+    """Up to ``n`` voxel centres (world LPS mm, (N, 3)) with HU > ``hu_min``, subsampled with ``seed``."""
+    k, j, i = np.nonzero(volume.hu > hu_min)
+    idx = np.stack([i, j, k], -1)
+    if len(idx) > n:
+        idx = idx[np.random.default_rng(seed).choice(len(idx), n, replace=False)]
+    return volume.index_to_world(idx.astype(np.float64))
+
+
+def mtre(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Mean target registration error (mm) per pose: mean ‖T_est x − T_gt x‖ over ``points``."""
+    return (transform_points(T_est, points) - transform_points(T_gt, points)).norm(dim=-1).mean(-1)
+
+
+def mpd(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """Mean projection distance (mm on the detector) per pose."""
+    a, _ = project(points, T_est, camera)
+    b, _ = project(points, T_gt, camera)
+    d = (a - b) * torch.tensor([camera.pixel_spacing_mm[1], camera.pixel_spacing_mm[0]], dtype=a.dtype)
+    return d.norm(dim=-1).mean(-1)
+
+
+def success_rates(mtre_mm: np.ndarray, thresholds: tuple[float, ...] = SR_THRESHOLDS_MM) -> dict[str, float]:
+    """Share of cases with mTRE below each threshold, as ``{"sr_10mm": 0.95, ...}``."""
+    m = np.asarray(mtre_mm, dtype=np.float64)
+    return {f"sr_{t:g}mm": float(np.mean(m < t)) if m.size else float("nan") for t in thresholds}
+
+
+def param_errors(p_est: np.ndarray, p_gt: np.ndarray) -> dict[str, float]:
+    """Mean absolute error per parameter (deg / mm); angles wrapped to [-180, 180)."""
+    d = np.abs(np.asarray(p_est) - np.asarray(p_gt)).reshape(-1, 6)
+    d[:, :3] = np.abs((d[:, :3] + 180.0) % 360.0 - 180.0)
+    return {name: float(v) for name, v in zip(PARAM_NAMES, d.mean(0), strict=True)}
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Global zero-normalised cross-correlation over the last two dims (optionally masked)."""
+    if mask is None:
+        mask = torch.ones_like(a)
+    w = mask / mask.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    am = a - (a * w).sum(dim=(-2, -1), keepdim=True)
+    bm = b - (b * w).sum(dim=(-2, -1), keepdim=True)
+    num = (w * am * bm).sum(dim=(-2, -1))
+    den = ((w * am * am).sum(dim=(-2, -1)) * (w * bm * bm).sum(dim=(-2, -1))).sqrt().clamp_min(1e-12)
+    return num / den
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def ssim_css(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and CSS (mean contrast–structure) per image, Gaussian window 11, σ 1.5, on min–max [0, 1] images."""
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    a4 = _minmax(a.float()).reshape(-1, 1, *a.shape[-2:])
+    b4 = _minmax(b.float()).reshape(-1, 1, *b.shape[-2:])
+    s, cs = compute_ssim_and_cs(a4, b4, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5), data_range=1.0)
+    shape = a.shape[:-2]
+    return s.mean(dim=(1, 2, 3)).reshape(shape), cs.mean(dim=(1, 2, 3)).reshape(shape)
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """{"ncc", "ssim", "css"} between two single images (H, W)."""
+    s, c = ssim_css(a, b)
+    return {"ncc": float(ncc(a, b)), "ssim": float(s), "css": float(c)}

@@ -1,0 +1,443 @@
+"""Patient-specific training of the pose regressor: ``xctreg train``.
+
+Stages of the incremental curriculum (*) each have their own cached dataset
+of poses drawn from a *scaled* copy of the sampling ranges and an
+augmentation strength; a stage trains on its own data plus a rehearsal share
+of the earlier stages. With ``curriculum=False`` one stage covers the full
+range at full strength (the ablation).
+
+MODEL_DIR holds: ``config.json`` (everything needed to rebuild and run the
+model: camera, reference, ranges, model config, CT path and SHA-256),
+``last.pt`` / ``best.pt`` (atomic checkpoints), ``train_log.csv`` and
+``val_metrics.json``; the cached datasets live in ``MODEL_DIR/data/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xctreg._fs import atomic_path, write_json
+from xctreg.data.augment import AugmentConfig, augment, clean_image, warm_spectra
+from xctreg.data.dataset import DataConfig, ShardDataset, generate
+from xctreg.data.poses import SplitConfig
+from xctreg.errors import XctregError
+from xctreg.geometry import Camera, PoseRanges, PoseReference, params_to_matrix
+from xctreg.io.volume import Volume, sha256_file
+from xctreg.metrics import mtre, target_points
+from xctreg.models import ModelConfig, PoseRegressor
+
+CHECKPOINT_FORMAT = "xctreg-checkpoint-1"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: range scale (0..1], augmentation strength, share of steps and of data."""
+
+    range_scale: float
+    aug_strength: float
+    step_share: float
+    n_train: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One typed config for a training run (see the presets)."""
+
+    camera: Camera = field(default_factory=lambda: Camera(1020.0, 128, 128, (3.2, 3.2)))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ranges: PoseRanges = field(default_factory=PoseRanges)
+    sid_mm: float = 750.0
+    stages: tuple[Stage, ...] = (Stage(0.35, 0.3, 0.2, 1500), Stage(0.7, 0.7, 0.3, 2500), Stage(1.0, 1.0, 0.5, 6000))
+    curriculum: bool = True
+    rehearsal: float = 0.25
+    n_val: int = 200
+    batch: int = 32
+    steps: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 150
+    clip_norm: float = 1.0
+    w_param: float = 1.0
+    w_point: float = 1.0
+    point_scale_mm: float = 20.0
+    w_recon: float = 1.0
+    w_latent: float = 1e-3
+    val_every: int = 250
+    ckpt_every: int = 250
+    patience: int = 6
+    seed: int = 0
+    amp: bool = True
+
+    def effective_stages(self) -> tuple[Stage, ...]:
+        if self.curriculum:
+            return self.stages
+        return (Stage(1.0, 1.0, 1.0, sum(s.n_train for s in self.stages)),)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["camera"] = self.camera.to_dict()
+        d["ranges"] = self.ranges.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["camera"] = Camera.from_dict(d["camera"])
+        d["model"] = ModelConfig(**d["model"])
+        d["ranges"] = PoseRanges.from_dict(d["ranges"])
+        d["stages"] = tuple(Stage(**s) for s in d["stages"])
+        return cls(**d)
+
+
+def preset(name: str) -> TrainConfig:
+    """``quick``: CPU, 128² X-rays, 64² network input, ~30 min on 2 cores.
+    ``paper``: GPU, 256² X-rays and input, the full schedule."""
+    if name == "quick":
+        return TrainConfig()
+    if name == "paper":
+        return TrainConfig(
+            camera=Camera(1020.0, 256, 256, (1.6, 1.6)),
+            model=ModelConfig(input_size=256, embed_dim=256, heads=8),
+            stages=(Stage(0.35, 0.3, 0.2, 8000), Stage(0.7, 0.7, 0.3, 12000), Stage(1.0, 1.0, 0.5, 30000)),
+            batch=64,
+            steps=30000,
+            warmup_steps=1000,
+            val_every=1000,
+            ckpt_every=1000,
+            n_val=500,
+        )
+    raise XctregError(f"unknown preset {name!r}; use quick or paper")
+
+
+# ------------------------------------------------------------------ normalisation and loss
+class ParamNormalizer:
+    """p_norm = (p − centre) / half-width of the sampling ranges (deg, mm)."""
+
+    def __init__(self, ranges: PoseRanges) -> None:
+        lo, hi = ranges.bounds()
+        self.mid = torch.tensor((lo + hi) / 2, dtype=torch.float32)
+        self.half = torch.tensor(np.maximum((hi - lo) / 2, 1e-6), dtype=torch.float32)
+
+    def norm(self, p: torch.Tensor) -> torch.Tensor:
+        return (p - self.mid.to(p)) / self.half.to(p)
+
+    def denorm(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.half.to(q) + self.mid.to(q)
+
+
+def pose_loss(
+    q_pred: torch.Tensor, p_true: torch.Tensor, norm: ParamNormalizer, ref: PoseReference, points: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor:
+    """L1 on normalised parameters + mean point distance (mm / point_scale_mm) over target points."""
+    l_param = F.smooth_l1_loss(q_pred, norm.norm(p_true), beta=0.05)
+    p_pred = norm.denorm(q_pred)
+    Tp = params_to_matrix(p_pred.double(), ref).float()
+    Tt = params_to_matrix(p_true.double(), ref).float()
+    l_point = mtre(Tp, Tt, points).mean() / cfg.point_scale_mm
+    return cfg.w_param * l_param + cfg.w_point * l_point
+
+
+# ------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temp file + rename (never a half-written checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`; clear error if corrupt or foreign."""
+    if not path.is_file():
+        raise XctregError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise XctregError(f"checkpoint {path} is corrupt or not a torch file: {str(exc).splitlines()[0][:150]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise XctregError(f"{path} is not an xctreg checkpoint")
+    return state
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    step: int
+    best_val_median_mtre_mm: float
+    val: dict[str, float]
+    seconds: float
+
+
+def _stage_at(step: int, cfg: TrainConfig) -> int:
+    stages = cfg.effective_stages()
+    acc = 0.0
+    for k, s in enumerate(stages):
+        acc += s.step_share / sum(x.step_share for x in stages)
+        if step < acc * cfg.steps:
+            return k
+    return len(stages) - 1
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+class Trainer:
+    """Builds data, model and optimiser for MODEL_DIR and runs (or resumes) training."""
+
+    def __init__(
+        self,
+        volume: Volume,
+        model_dir: str | Path,
+        cfg: TrainConfig,
+        ct_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.volume, self.dir, self.cfg, self.device, self.log = volume, Path(model_dir), cfg, torch.device(device), log
+        self.ct_path = Path(ct_path) if ct_path is not None else None
+        self.ref = PoseReference(tuple(float(v) for v in volume.center), cfg.sid_mm)
+        self.norm = ParamNormalizer(cfg.ranges)
+        pts = target_points(volume, n=64, seed=cfg.seed)
+        self.points = torch.as_tensor(pts, dtype=torch.float32)
+        self.val_points = torch.as_tensor(target_points(volume, n=1000, seed=0), dtype=torch.float32)
+        ext = np.ptp(volume.corners_world(), axis=0) / 2.0
+        self.iso = torch.tensor(self.ref.isocenter_mm, dtype=torch.float32)
+        self.half = torch.tensor(ext, dtype=torch.float32)
+
+    # -------------------------------------------------------------- set-up
+    def write_config(self) -> None:
+        sha = sha256_file(self.ct_path) if self.ct_path is not None else None
+        write_json(
+            self.dir / "config.json",
+            {
+                "format": "xctreg-model-1",
+                "train": self.cfg.to_dict(),
+                "camera": self.cfg.camera.to_dict(),
+                "reference": self.ref.to_dict(),
+                "ranges": self.cfg.ranges.to_dict(),
+                "ct_path": str(self.ct_path.resolve()) if self.ct_path else None,
+                "ct_sha256": sha,
+            },
+        )
+        write_json(self.dir / "geometry.json", self.cfg.camera.to_dict())
+
+    def datasets(self, progress: Callable[[str, int, int], None] | None = None) -> tuple[list[ShardDataset], ShardDataset]:
+        """Generate (or resume) the per-stage cached datasets and the validation set."""
+        cfg = self.cfg
+        out = []
+        for k, st in enumerate(cfg.effective_stages()):
+            lo, hi = cfg.ranges.bounds()
+            mid, half = (lo + hi) / 2, (hi - lo) / 2 * st.range_scale
+            ranges = PoseRanges(**{n: (float(m - h), float(m + h)) for n, m, h in zip(cfg.ranges.to_dict(), mid, half, strict=True)})
+            n_val = cfg.n_val if k == len(cfg.effective_stages()) - 1 else 0
+            dcfg = DataConfig(camera=cfg.camera, splits=SplitConfig(st.n_train, n_val, 0, ranges, "uniform", cfg.seed + 1000 * k), sid_mm=cfg.sid_mm)
+            generate(self.volume, self.dir / "data" / f"stage{k}", dcfg, self.ct_path, self.device,
+                     progress=(lambda d, t, k=k: progress(f"data stage {k}", d, t)) if progress else None)  # fmt: skip
+            out.append(ShardDataset(self.dir / "data" / f"stage{k}", "train"))
+        val = ShardDataset(self.dir / "data" / f"stage{len(out) - 1}", "val")
+        return out, val
+
+    # -------------------------------------------------------------- one batch
+    def make_batch(self, L: torch.Tensor, p: torch.Tensor, strength: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented network input (B, 1, S, S) and the clean target image (B, 1, S, S)."""
+        S = self.cfg.model.input_size
+        T = params_to_matrix(p.double(), self.ref)
+        x = augment(L, AugmentConfig().scaled(strength), g, T, self.cfg.camera, self.iso, self.half)
+        clean = clean_image(L)
+        if x.shape[-1] != S:
+            x = F.interpolate(x, size=(S, S), mode="area")
+            clean = F.interpolate(clean, size=(S, S), mode="area")
+        return x, clean
+
+    def loss(self, model: PoseRegressor, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        loss = pose_loss(out["params"].float(), p, self.norm, self.ref, self.points.to(x.device), self.cfg)
+        if "recon" in out:
+            loss = loss + self.cfg.w_recon * F.l1_loss(out["recon"].float(), clean)
+            loss = loss + self.cfg.w_latent * out["latent"].float().pow(2).mean()
+        return loss
+
+    @torch.no_grad()
+    def validate(self, model: PoseRegressor, val: ShardDataset) -> dict[str, float]:
+        """Median/mean mTRE (mm) and SR on the validation set, augmented at full strength with a fixed seed."""
+        model.eval()
+        g = torch.Generator().manual_seed(12345)
+        errs = []
+        for s in range(0, len(val), 64):
+            items = [val[i] for i in range(s, min(len(val), s + 64))]
+            L = torch.stack([a for a, _ in items])
+            p = torch.stack([b for _, b in items])
+            x, _ = self.make_batch(L, p, 1.0, g)
+            q = model(x.to(self.device))["params"].float().cpu()
+            Tp = params_to_matrix(self.norm.denorm(q).double(), self.ref)
+            Tt = params_to_matrix(p.double(), self.ref)
+            errs.append(mtre(Tp, Tt, self.val_points.double()).numpy())
+        model.train()
+        e = np.concatenate(errs)
+        return {
+            "median_mtre_mm": float(np.median(e)),
+            "mean_mtre_mm": float(np.mean(e)),
+            "sr_10mm": float(np.mean(e < 10)),
+            "sr_20mm": float(np.mean(e < 20)),
+        }
+
+    # -------------------------------------------------------------- the loop
+    def fit(self, resume: bool = False, progress: Callable[[str, int, int], None] | None = None, max_steps: int | None = None) -> TrainResult:
+        """Train (or resume) until ``cfg.steps``, early stopping, or ``max_steps`` (for tests/interrupts)."""
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        last = self.dir / "last.pt"
+        if not resume and last.exists():
+            raise XctregError(f"{self.dir} already holds a training run; pass --resume to continue it or use a new folder")
+        if resume and not last.exists():
+            raise XctregError(f"nothing to resume in {self.dir} (no last.pt)")
+        if resume:
+            saved = json.loads((self.dir / "config.json").read_text(encoding="utf-8"))["train"]
+            if saved != json.loads(json.dumps(cfg.to_dict())):
+                raise XctregError(f"{self.dir} was trained with another configuration; resume with the same preset/seed")
+        self.write_config()
+        stage_sets, val = self.datasets(progress)
+        warm_spectra()
+        torch.manual_seed(cfg.seed)
+        model = PoseRegressor(cfg.model).to(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        use_amp = cfg.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        g_data = torch.Generator().manual_seed(cfg.seed)
+        g_aug = torch.Generator().manual_seed(cfg.seed + 1)
+        step, best, bad_epochs, history = 0, float("inf"), 0, []
+        if resume:
+            st = load_checkpoint(last)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            g_data.set_state(st["g_data"])
+            g_aug.set_state(st["g_aug"])
+            torch.set_rng_state(st["torch_rng"])
+            step, best, bad_epochs = int(st["step"]), float(st["best"]), int(st["bad_epochs"])
+            self.log(f"resuming at step {step}")
+        t0 = time.perf_counter()
+        log_path = self.dir / "train_log.csv"
+        if not resume or not log_path.exists():
+            with atomic_path(log_path) as tmp:
+                tmp.write_text("step,stage,lr,loss,val_median_mtre_mm,val_sr_10mm,seconds\n", encoding="utf-8")
+        running = []
+        stop_at = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+        model.train()
+        while step < stop_at:
+            k = _stage_at(step, cfg)
+            stage = cfg.effective_stages()[k]
+            idx_src = []
+            for _ in range(cfg.batch):
+                src = k
+                if k > 0 and float(torch.rand((), generator=g_data)) < cfg.rehearsal:
+                    src = int(torch.randint(0, k, (), generator=g_data))
+                idx_src.append((src, int(torch.randint(0, len(stage_sets[src]), (), generator=g_data))))
+            items = [stage_sets[s][i] for s, i in idx_src]
+            L = torch.stack([a for a, _ in items])
+            p = torch.stack([b for _, b in items])
+            x, clean = self.make_batch(L, p, stage.aug_strength, g_aug)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            with torch.autocast(device_type=self.device.type, enabled=use_amp):
+                loss = self.loss(model, x.to(self.device), clean.to(self.device), p.to(self.device))
+            if not torch.isfinite(loss):
+                raise XctregError(f"training diverged at step {step} (loss {float(loss)}); try a lower learning rate")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            running.append(float(loss.detach()))
+            if progress is not None:
+                progress("train", step, cfg.steps)
+            val_row = None
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                val_row = self.validate(model, val)
+                history.append({"step": step, **val_row})
+                if val_row["median_mtre_mm"] < best:
+                    best, bad_epochs = val_row["median_mtre_mm"], 0
+                    save_checkpoint(self.dir / "best.pt", self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
+                else:
+                    bad_epochs += 1
+                write_json(self.dir / "val_metrics.json", {"best_median_mtre_mm": best, "history": history})
+                self.log(f"step {step}: loss {np.mean(running):.4f}, val median mTRE {val_row['median_mtre_mm']:.2f} mm, SR@10 {val_row['sr_10mm']:.2%}")
+            if step % 25 == 0 or val_row is not None:
+                with open(log_path, "a", newline="", encoding="utf-8") as fh:
+                    csv.writer(fh).writerow([step, k, f"{_lr_at(step - 1, cfg):.3g}", f"{np.mean(running):.5f}",
+                                             val_row and f"{val_row['median_mtre_mm']:.3f}", val_row and f"{val_row['sr_10mm']:.4f}",
+                                             f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
+                running = []
+            if step % cfg.ckpt_every == 0 or step == stop_at:
+                save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
+            if bad_epochs >= cfg.patience:
+                self.log(f"early stop at step {step}: no validation improvement in {cfg.patience} checks")
+                save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
+                break
+        return TrainResult(step, best, history[-1] if history else {}, time.perf_counter() - t0)
+
+    def _state(self, model, opt, g_data, g_aug, step, best, bad_epochs) -> dict[str, Any]:  # noqa: ANN001
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": json.dumps(self.cfg.to_dict()),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "g_data": g_data.get_state(),
+            "g_aug": g_aug.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "best": best,
+            "bad_epochs": bad_epochs,
+        }
+
+
+def load_model(model_dir: str | Path, which: str = "best", device: torch.device | str = "cpu") -> tuple[PoseRegressor, TrainConfig, dict[str, Any]]:
+    """Rebuild a trained model from MODEL_DIR (config.json + best.pt or last.pt)."""
+    d = Path(model_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise XctregError(f"{d} is not an xctreg model directory (no config.json)")
+    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = TrainConfig.from_dict(meta["train"])
+    path = d / f"{which}.pt"
+    if which == "best" and not path.exists():
+        path = d / "last.pt"
+    st = load_checkpoint(path)
+    model = PoseRegressor(cfg.model)
+    try:
+        model.load_state_dict(st["model"])
+    except RuntimeError as exc:
+        raise XctregError(f"checkpoint {path} does not fit the model in config.json: {str(exc).splitlines()[0][:150]}") from None
+    return model.to(device).eval(), cfg, meta
+
+
+def quick_test_config(**changes: Any) -> TrainConfig:
+    """A tiny configuration for tests: 32² X-rays, 32² input, few steps."""
+    base = TrainConfig(
+        camera=Camera(1020.0, 32, 32, (12.8, 12.8)),
+        model=ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0),
+        stages=(Stage(0.5, 0.0, 0.5, 24), Stage(1.0, 0.0, 0.5, 24)),
+        n_val=8,
+        batch=4,
+        steps=6,
+        warmup_steps=2,
+        val_every=3,
+        ckpt_every=3,
+    )
+    return replace(base, **changes)

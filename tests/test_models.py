@@ -1,0 +1,141 @@
+"""Pose regressor variants, loss, training loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xctreg.errors import XctregError
+from xctreg.models import VARIANTS, ModelConfig, PoseRegressor, attention_map
+from xctreg.train import Trainer, load_checkpoint, load_model, quick_test_config
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes(variant) -> None:
+    m = PoseRegressor(ModelConfig(variant=variant, input_size=64, embed_dim=32, heads=2))
+    out = m(torch.rand(3, 1, 64, 64))
+    assert out["params"].shape == (3, 6)
+    assert out["latent"].shape == (3, 32, 4, 4)
+    assert ("recon" in out) == ("B" in variant)
+    assert ("attention" in out) == ("C" in variant)
+    if "B" in variant:
+        assert out["recon"].shape == (3, 1, 64, 64)
+    if "C" in variant:
+        assert out["attention"].shape == (3, 16, 16)
+        amap = attention_map(out, 64)
+        assert amap.shape == (3, 1, 64, 64) and float(amap.max().detach()) == pytest.approx(1.0)
+    else:
+        with pytest.raises(XctregError):
+            attention_map(out, 64)
+    assert m(torch.rand(2, 1, 128, 128))["params"].shape == (2, 6)  # other sizes are resampled
+
+
+def test_normalisation_does_not_depend_on_the_batch() -> None:
+    """GroupNorm + per-image standardisation: no batch statistics, so train and eval normalise alike
+    and an image's prediction does not depend on the rest of its batch."""
+    m = PoseRegressor(ModelConfig(variant="A+B+C", input_size=64, embed_dim=32, heads=2, dropout=0.0)).eval()
+    assert not any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in m.modules())
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)["params"][:1], m(x[:1])["params"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m(x * 3 + 1)["params"], m(x)["params"], rtol=1e-3, atol=1e-4)
+
+
+def test_bad_variant() -> None:
+    with pytest.raises(XctregError, match="variant"):
+        ModelConfig(variant="B")
+
+
+@pytest.fixture
+def trainer(tmp_path, small_phantom):
+    return Trainer(small_phantom, tmp_path / "model", quick_test_config(), log=lambda s: None)
+
+
+def test_one_step_lowers_the_loss_and_tiny_set_overfits(trainer) -> None:
+    stage_sets, _ = trainer.datasets()
+    ds = stage_sets[-1]
+    torch.manual_seed(0)
+    model = PoseRegressor(trainer.cfg.model)
+    L = torch.stack([ds[i][0] for i in range(4)])
+    p = torch.stack([ds[i][1] for i in range(4)])
+    x, clean = trainer.make_batch(L, p, 0.0, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(60):
+        loss = trainer.loss(model, x, clean, p)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[1] < losses[0]
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_resume_gives_the_same_weights(tmp_path, small_phantom) -> None:
+    cfg = quick_test_config()
+    full = Trainer(small_phantom, tmp_path / "full", cfg, log=lambda s: None)
+    full.fit()
+    part = Trainer(small_phantom, tmp_path / "part", cfg, log=lambda s: None)
+    part.fit(max_steps=3)  # stops like a killed run would after its step-3 checkpoint
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 3
+    Trainer(small_phantom, tmp_path / "part", cfg, log=lambda s: None).fit(resume=True)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    meta = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert meta["reference"]["sid_mm"] == 750.0 and meta["camera"]["height"] == 32
+    model, _, _ = load_model(tmp_path / "full")
+    assert model(torch.rand(1, 1, 32, 32))["params"].shape == (1, 6)
+    log = (tmp_path / "full" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,") and len(log) >= 3
+
+
+def test_refuses_to_clobber_or_resume_wrongly(tmp_path, small_phantom) -> None:
+    cfg = quick_test_config(steps=3)
+    Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None).fit()
+    with pytest.raises(XctregError, match="--resume"):
+        Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None).fit()
+    with pytest.raises(XctregError, match="another configuration"):
+        Trainer(small_phantom, tmp_path / "m", quick_test_config(steps=3, seed=9), log=lambda s: None).fit(resume=True)
+    with pytest.raises(XctregError, match="nothing to resume"):
+        Trainer(small_phantom, tmp_path / "new", cfg, log=lambda s: None).fit(resume=True)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(XctregError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(XctregError, match="not an xctreg checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(XctregError, match="not an xctreg model directory"):
+        load_model(tmp_path)
+
+
+def test_registrar_and_evaluate_end_to_end(tmp_path, small_phantom, cli) -> None:
+    from conftest import assert_one_line_error
+    from xctreg.evaluate import evaluate
+    from xctreg.io import write_volume
+    from xctreg.register import Registrar
+
+    ct = write_volume(small_phantom, tmp_path / "ct.nii.gz")
+    Trainer(small_phantom, tmp_path / "m", quick_test_config(steps=3), ct_path=ct, log=lambda s: None).fit()
+    reg = Registrar(tmp_path / "m")
+    r = reg.regress(torch.rand(32, 32).numpy())
+    assert r.pose.T_cam_from_world.shape == (4, 4) and r.params.shape == (6,)
+    with pytest.raises(XctregError, match="blank"):
+        reg.regress(torch.zeros(32, 32).numpy())
+    with pytest.raises(XctregError, match="geometry says"):
+        reg.regress(torch.rand(30, 32).numpy())
+    m = evaluate(tmp_path / "m", n=5, out_dir=tmp_path / "eval")
+    assert m["n"] == 5 and m["median_mtre_mm"] > 0 and 0 <= m["sr_10mm"] <= 1
+    assert set(m["param_mae"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
+    for f in ("metrics.json", "metrics.md", "errors.png", "cases.json"):
+        assert (tmp_path / "eval" / f).is_file()
+    res = cli("evaluate", tmp_path / "m", "--n", "2", "--out", tmp_path / "e2")
+    assert res.code == 0, res.err
+    assert "median mTRE" in res.out
+    assert_one_line_error(cli("evaluate", tmp_path / "nothing"), "not an xctreg model directory")
