@@ -108,6 +108,12 @@ def test_corrupt_shard_and_foreign_folder(tmp_path, small_phantom) -> None:
         generate(small_phantom, tmp_path / "ds", other)
 
 
+def test_bad_shard_size(tmp_path, small_phantom) -> None:
+    with pytest.raises(XctregError, match="shard size"):
+        generate(small_phantom, tmp_path / "ds", DataConfig(camera=CAM, splits=SplitConfig(4, 0, 0), shard_size=0))
+    assert not (tmp_path / "ds").exists()
+
+
 def test_disk_estimate_above_free_space(tmp_path, small_phantom, monkeypatch) -> None:
     import shutil
     from collections import namedtuple

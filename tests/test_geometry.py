@@ -198,6 +198,15 @@ def test_pose_json_round_trip_and_either_field(tmp_path) -> None:
     np.testing.assert_allclose(Pose.from_dict(only_matrix, reference=REF).params, [1, 2, 3, 4, 5, 6], atol=1e-9)
 
 
+def test_pose_with_matrix_and_params_but_no_reference_uses_the_matrix() -> None:
+    d = Pose.from_params([1, 2, 3, 4, 5, 6], REF).to_dict()
+    d.pop("reference")
+    pose = Pose.from_dict(d)
+    np.testing.assert_allclose(pose.T_cam_from_world, np.array(d["T_cam_from_world"]))
+    with pytest.raises(XctregError, match="no reference"):
+        _ = pose.params
+
+
 def test_pose_matrix_and_params_disagree(tmp_path, cli) -> None:
     d = Pose.from_params([1, 2, 3, 4, 5, 6], REF).to_dict()
     d["params"]["rz_deg"] = 3.01

@@ -56,6 +56,16 @@ def test_dicom_series_directory(tmp_path, small_phantom) -> None:
         writer.Execute(sl)
     vol = read_volume(tmp_path)
     assert vol.shape_ijk == small_phantom.shape_ijk
+    # a second series in the same folder is refused rather than guessed
+    other = tmp_path / "z_other.dcm"
+    sl = img[:, :, 0]
+    for tag, value in [("0008|0060", "CT"), ("0020|000e", series + ".9"), ("0020|000d", series + ".1"), ("0020|0013", "1")]:
+        sl.SetMetaData(tag, value)
+    writer.SetFileName(str(other))
+    writer.Execute(sl)
+    with pytest.raises(XctregError, match="2 DICOM series"):
+        read_volume(tmp_path)
+    other.unlink()
     np.testing.assert_allclose(vol.spacing, [6.0, 6.0, 6.0], atol=1e-3)
     np.testing.assert_allclose(vol.hu, np.round(small_phantom.hu), atol=1.0)
 

@@ -116,3 +116,15 @@ def test_writer_refuses_nan_and_leaves_nothing(tmp_path) -> None:
     with pytest.raises(XctregError):
         write_xray(tmp_path / "x.png", bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_single_spacing_value_and_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    p = write_xray(tmp_path / "x.dcm", IMG, camera=CAM)
+    assert stat.S_IMODE(os.stat(p).st_mode) & 0o044  # readable by others, like any normal file (umask permitting)
+    ds = pydicom.dcmread(p)
+    ds.ImagerPixelSpacing = "1.5"
+    ds.save_as(tmp_path / "one.dcm")
+    assert read_xray(tmp_path / "one.dcm").camera.pixel_spacing_mm == (1.5, 1.5)

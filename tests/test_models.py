@@ -139,3 +139,13 @@ def test_registrar_and_evaluate_end_to_end(tmp_path, small_phantom, cli) -> None
     assert res.code == 0, res.err
     assert "median mTRE" in res.out
     assert_one_line_error(cli("evaluate", tmp_path / "nothing"), "not an xctreg model directory")
+    import numpy as np
+
+    from xctreg.io import write_xray
+
+    write_xray(tmp_path / "x.png", np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    res = cli("attention", tmp_path / "m", tmp_path / "x.png", "--out", tmp_path / "att.png")
+    assert res.code == 0, res.err
+    amap = np.load(tmp_path / "att.npy")
+    assert amap.shape == (32, 32) and amap.min() >= 0 and amap.max() == pytest.approx(1.0)
+    assert (tmp_path / "att.png").stat().st_size > 1000

@@ -72,3 +72,12 @@ def test_simulate_bad_input(cli, tmp_path, ct_path, geom) -> None:
     assert_one_line_error(res, "unsupported")
     assert not list(tmp_path.glob("x.*"))
     assert_one_line_error(cli("simulate", ct_path, "--random", "2", "--out", tmp_path / "d", "--device", "cuda:7"), "cuda")
+
+
+def test_simulate_refuses_bad_physics_options(cli, tmp_path, ct_path, geom) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(P))
+    base = ["simulate", ct_path, "--geometry", geom, "--pose", tmp_path / "p.json", "--out", tmp_path / "x.npy"]
+    assert_one_line_error(cli(*base, "--kvp", "300"), "--kvp")
+    assert_one_line_error(cli(*base, "--sid-mm", "-5"), "--sid-mm")
+    assert_one_line_error(cli(*base, "--scatter", "2"), "--scatter")
+    assert not (tmp_path / "x.npy").exists()

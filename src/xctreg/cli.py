@@ -158,6 +158,10 @@ def simulate(
         raise XctregError(f"--scatter must be in [0, 0.9], got {scatter:g}")
     if photons is not None and photons <= 0:
         raise XctregError(f"--photons must be positive, got {photons:g}")
+    if not 20.0 <= kvp <= 150.0:
+        raise XctregError(f"--kvp must be in [20, 150], got {kvp:g}")
+    if sid_mm <= 0 or al_mm < 0 or blur_px < 0:
+        raise XctregError("--sid-mm must be positive and --al-mm, --blur-px non-negative")
     dev = resolve_device(device)
     cam = read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
     vol = read_volume(ct, force=force)
@@ -346,6 +350,33 @@ def evaluate_cmd(
         f"{n} X-rays: median mTRE {m['median_mtre_mm']:.2f} mm, SR@10mm {m['sr_10mm']:.1%}, "
         f"SR@20mm {m['sr_20mm']:.1%} (regressor only); wrote {out}/metrics.json"
     )
+
+
+@app.command("attention")
+def attention_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A trained MODEL_DIR (variant with C).")],
+    xray: Annotated[Path, typer.Argument(help="X-ray image in the model's geometry.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG overlay; the array goes to the same name with .npy.")],
+    transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities.")] = False,
+) -> None:
+    """Export the regressor's self-attention map for an X-ray: .npy array and PNG overlay."""
+    import numpy as np
+
+    from xctreg._fs import atomic_path
+    from xctreg.io import read_xray
+    from xctreg.register import Registrar
+    from xctreg.viz import overlay
+
+    reg = Registrar(model_dir)
+    img = read_xray(xray, transmission=transmission).image
+    amap = reg.attention(img)
+    if out.suffix.lower() != ".png":
+        raise XctregError(f"--out must end in .png (the array is written beside it as .npy), got {out.name}")
+    npy = out.with_suffix(".npy")
+    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, amap.astype(np.float32))
+    overlay(img, amap, out, title=f"attention: {xray.name}")
+    _echo(f"wrote {out} and {npy}")
 
 
 def run(argv: list[str] | None = None) -> int:

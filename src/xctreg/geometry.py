@@ -235,6 +235,11 @@ class PoseReference:
     isocenter_mm: tuple[float, float, float]
     sid_mm: float = DEFAULT_SID_MM
 
+    def __post_init__(self) -> None:
+        vals = [*self.isocenter_mm, self.sid_mm]
+        if len(self.isocenter_mm) != 3 or not all(math.isfinite(float(v)) for v in vals) or self.sid_mm <= 0:
+            raise XctregError(f"pose reference needs a finite isocenter and a positive sid, got {self.isocenter_mm}, {self.sid_mm}")
+
     def to_dict(self) -> dict[str, Any]:
         return {"isocenter_mm": [float(v) for v in self.isocenter_mm], "sid_mm": float(self.sid_mm)}
 
@@ -356,9 +361,12 @@ class Pose:
                 raise XctregError(f"{name}: params must be finite")
         if T is None and p is None:
             raise XctregError(f"{name} needs T_cam_from_world or params")
-        if p is not None:
-            if reference is None:
+        if p is not None and reference is None:
+            if T is None:
                 raise XctregError(f"{name} gives params but no reference (isocenter_mm, sid_mm)")
+            p = None  # the matrix alone defines the pose; params cannot be checked without a reference
+        if p is not None:
+            assert reference is not None
             Tp = params_to_matrix(torch.as_tensor(p), reference).numpy()
             if T is not None:
                 dR = np.abs(Tp[:3, :3] - T[:3, :3]).max()

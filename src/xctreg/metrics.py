@@ -33,7 +33,7 @@ def mpd(T_est: torch.Tensor, T_gt: torch.Tensor, points: torch.Tensor, camera: C
     """Mean projection distance (mm on the detector) per pose."""
     a, _ = project(points, T_est, camera)
     b, _ = project(points, T_gt, camera)
-    d = (a - b) * torch.tensor([camera.pixel_spacing_mm[1], camera.pixel_spacing_mm[0]], dtype=a.dtype)
+    d = (a - b) * torch.tensor([camera.pixel_spacing_mm[1], camera.pixel_spacing_mm[0]], dtype=a.dtype, device=a.device)
     return d.norm(dim=-1).mean(-1)
 
 

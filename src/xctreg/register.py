@@ -7,6 +7,7 @@ differentiable rendering builds on this (issue 7).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -71,15 +72,36 @@ class Registrar:
         return self._ct
 
     @torch.no_grad()
+    def attention(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Self-attention map of the model for one X-ray, (H, W) in [0, 1] at the image size."""
+        from xctreg.models import attention_map
+
+        self.camera.check_image(tuple(np.shape(image)), name="X-ray")
+        x = normalize_image(image)
+        out = self.model(x.to(self.device))
+        amap = attention_map(out, self.cfg.model.input_size)
+        amap = F.interpolate(amap, size=(self.camera.height, self.camera.width), mode="bilinear", align_corners=False)
+        return amap[0, 0].clamp(0, 1).float().cpu().numpy()
+
+    @torch.no_grad()
     def regress(self, image: np.ndarray | torch.Tensor, camera: Camera | None = None) -> Regression:
         """Predict the pose of one X-ray (H, W), bone bright, in the model's camera geometry."""
         t0 = time.perf_counter()
         cam = camera or self.camera
         cam.check_image(tuple(np.shape(image)), name="X-ray")
-        if (cam.sdd_mm, cam.pixel_spacing_mm[0] * cam.height, cam.pixel_spacing_mm[1] * cam.width) != (
-            self.camera.sdd_mm, self.camera.pixel_spacing_mm[0] * self.camera.height, self.camera.pixel_spacing_mm[1] * self.camera.width,
-        ):  # fmt: skip
-            raise XctregError("the X-ray's geometry (sdd or detector size) differs from the model's; resampling is not supported yet")
+        mine, theirs = self.camera, cam
+        same = all(
+            math.isclose(a, b, rel_tol=1e-6)
+            for a, b in [
+                (mine.sdd_mm, theirs.sdd_mm),
+                (mine.pixel_spacing_mm[0] * mine.height, theirs.pixel_spacing_mm[0] * theirs.height),
+                (mine.pixel_spacing_mm[1] * mine.width, theirs.pixel_spacing_mm[1] * theirs.width),
+                ((mine.cx + 0.5) / mine.width, (theirs.cx + 0.5) / theirs.width),
+                ((mine.cy + 0.5) / mine.height, (theirs.cy + 0.5) / theirs.height),
+            ]
+        )
+        if not same:
+            raise XctregError("the X-ray's geometry (sdd, detector size or principal point) differs from the model's; not supported yet")
         x = normalize_image(image)
         if x.shape[-2:] != (self.camera.height, self.camera.width):
             x = F.interpolate(x, size=(self.camera.height, self.camera.width), mode="area")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xctreg._fs import atomic_path, write_json
+from xctreg._fs import atomic_path, read_json, write_json
 from xctreg.data.augment import AugmentConfig, augment, clean_image, warm_spectra
 from xctreg.data.dataset import DataConfig, ShardDataset, generate
 from xctreg.data.poses import SplitConfig
@@ -179,6 +179,23 @@ class TrainResult:
     seconds: float
 
 
+def init_distributed(device: torch.device | None = None) -> tuple[int, int, int]:
+    """(rank, world size, local rank). Under ``torchrun`` (WORLD_SIZE > 1) this joins the process
+    group (NCCL for a CUDA device, else Gloo); a plain run is the single-process case (0, 1, 0)."""
+    import datetime
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    dist = torch.distributed
+    if not dist.is_initialized():
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        # rank 0 renders the training data while the others wait: allow hours, not the 10 min default
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def _stage_at(step: int, cfg: TrainConfig) -> int:
     stages = cfg.effective_stages()
     acc = 0.0
@@ -264,9 +281,10 @@ class Trainer:
             clean = F.interpolate(clean, size=(S, S), mode="area")
         return x, clean
 
-    def loss(self, model: PoseRegressor, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         out = model(x)
-        loss = pose_loss(out["params"].float(), p, self.norm, self.ref, self.points.to(x.device), self.cfg)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # poses in mm need float32 at least
+            loss = pose_loss(out["params"].float(), p, self.norm, self.ref, self.points.to(x.device), self.cfg)
         if "recon" in out:
             loss = loss + self.cfg.w_recon * F.l1_loss(out["recon"].float(), clean)
             loss = loss + self.cfg.w_latent * out["latent"].float().pow(2).mean()
@@ -300,6 +318,14 @@ class Trainer:
     def fit(self, resume: bool = False, progress: Callable[[str, int, int], None] | None = None, max_steps: int | None = None) -> TrainResult:
         """Train (or resume) until ``cfg.steps``, early stopping, or ``max_steps`` (for tests/interrupts)."""
         cfg = self.cfg
+        rank, world, local = init_distributed(self.device)
+        if world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        main = rank == 0
+        if not main:
+            self.log = lambda s: None
+            progress = None
         self.dir.mkdir(parents=True, exist_ok=True)
         last = self.dir / "last.pt"
         if not resume and last.exists():
@@ -307,32 +333,54 @@ class Trainer:
         if resume and not last.exists():
             raise XctregError(f"nothing to resume in {self.dir} (no last.pt)")
         if resume:
-            saved = json.loads((self.dir / "config.json").read_text(encoding="utf-8"))["train"]
+            saved = read_json(self.dir / "config.json", "model config").get("train")
             if saved != json.loads(json.dumps(cfg.to_dict())):
                 raise XctregError(f"{self.dir} was trained with another configuration; resume with the same preset/seed")
-        self.write_config()
-        stage_sets, val = self.datasets(progress)
+        if main:
+            self.write_config()
+            stage_sets, val = self.datasets(progress)
+        if world > 1:
+            torch.distributed.barrier()  # rank 0 renders the cached data; the others then read it
+        if not main:
+            n_stages = len(cfg.effective_stages())
+            stage_sets = [ShardDataset(self.dir / "data" / f"stage{k}", "train") for k in range(n_stages)]
+            val = ShardDataset(self.dir / "data" / f"stage{n_stages - 1}", "val")
         warm_spectra()
         torch.manual_seed(cfg.seed)
         model = PoseRegressor(cfg.model).to(self.device)
+        net: torch.nn.Module = model
+        if world > 1:
+            # every variant leaves some backbone/projection weights unused (e.g. A+C never reads the stride-32 stage)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[local] if self.device.type == "cuda" else None, find_unused_parameters=True
+            )
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         use_amp = cfg.amp and self.device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        g_data = torch.Generator().manual_seed(cfg.seed)
-        g_aug = torch.Generator().manual_seed(cfg.seed + 1)
+        g_data = torch.Generator().manual_seed(cfg.seed + 7919 * rank)  # each rank draws its own batches
+        g_aug = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
         step, best, bad_epochs, history = 0, float("inf"), 0, []
         if resume:
             st = load_checkpoint(last)
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
-            g_data.set_state(st["g_data"])
-            g_aug.set_state(st["g_aug"])
-            torch.set_rng_state(st["torch_rng"])
             step, best, bad_epochs = int(st["step"]), float(st["best"]), int(st["bad_epochs"])
+            history = json.loads(st.get("history", "[]"))
+            if "scaler" in st and use_amp:
+                scaler.load_state_dict(st["scaler"])
+            if world == 1 and self.device.type == "cuda" and "cuda_rng" in st:
+                torch.cuda.set_rng_state(st["cuda_rng"], self.device)
+            if world == 1:  # exact continuation; with several ranks each reseeds from (seed, rank, step)
+                g_data.set_state(st["g_data"])
+                g_aug.set_state(st["g_aug"])
+                torch.set_rng_state(st["torch_rng"])
+            else:
+                g_data.manual_seed(cfg.seed + 7919 * rank + 104729 * step)
+                g_aug.manual_seed(cfg.seed + 1 + 7919 * rank + 104729 * step)
             self.log(f"resuming at step {step}")
         t0 = time.perf_counter()
         log_path = self.dir / "train_log.csv"
-        if not resume or not log_path.exists():
+        if main and (not resume or not log_path.exists()):
             with atomic_path(log_path) as tmp:
                 tmp.write_text("step,stage,lr,loss,val_median_mtre_mm,val_sr_10mm,seconds\n", encoding="utf-8")
         running = []
@@ -354,7 +402,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
             with torch.autocast(device_type=self.device.type, enabled=use_amp):
-                loss = self.loss(model, x.to(self.device), clean.to(self.device), p.to(self.device))
+                loss = self.loss(net, x.to(self.device), clean.to(self.device), p.to(self.device))
             if not torch.isfinite(loss):
                 raise XctregError(f"training diverged at step {step} (loss {float(loss)}); try a lower learning rate")
             opt.zero_grad(set_to_none=True)
@@ -368,32 +416,44 @@ class Trainer:
             if progress is not None:
                 progress("train", step, cfg.steps)
             val_row = None
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if main and (step % cfg.val_every == 0 or step == cfg.steps):
                 val_row = self.validate(model, val)
                 history.append({"step": step, **val_row})
                 if val_row["median_mtre_mm"] < best:
                     best, bad_epochs = val_row["median_mtre_mm"], 0
-                    save_checkpoint(self.dir / "best.pt", self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
+                    save_checkpoint(self.dir / "best.pt", self._state(model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history))
                 else:
                     bad_epochs += 1
                 write_json(self.dir / "val_metrics.json", {"best_median_mtre_mm": best, "history": history})
                 self.log(f"step {step}: loss {np.mean(running):.4f}, val median mTRE {val_row['median_mtre_mm']:.2f} mm, SR@10 {val_row['sr_10mm']:.2%}")
-            if step % 25 == 0 or val_row is not None:
+            if main and (step % 25 == 0 or val_row is not None):
                 with open(log_path, "a", newline="", encoding="utf-8") as fh:
                     csv.writer(fh).writerow([step, k, f"{_lr_at(step - 1, cfg):.3g}", f"{np.mean(running):.5f}",
                                              val_row and f"{val_row['median_mtre_mm']:.3f}", val_row and f"{val_row['sr_10mm']:.4f}",
                                              f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
                 running = []
-            if step % cfg.ckpt_every == 0 or step == stop_at:
-                save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
-            if bad_epochs >= cfg.patience:
+            if main and (step % cfg.ckpt_every == 0 or step == stop_at):
+                save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history))
+            stop = bad_epochs >= cfg.patience
+            if world > 1:  # rank 0 decides early stopping for everyone
+                flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+                torch.distributed.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
                 self.log(f"early stop at step {step}: no validation improvement in {cfg.patience} checks")
-                save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs))
+                if main:
+                    save_checkpoint(last, self._state(model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history))
                 break
+        if world > 1:
+            torch.distributed.barrier()
         return TrainResult(step, best, history[-1] if history else {}, time.perf_counter() - t0)
 
-    def _state(self, model, opt, g_data, g_aug, step, best, bad_epochs) -> dict[str, Any]:  # noqa: ANN001
+    def _state(self, model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history) -> dict[str, Any]:  # noqa: ANN001
+        extra = {"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
         return {
+            **extra,
+            "scaler": scaler.state_dict(),
+            "history": json.dumps(history),
             "format": CHECKPOINT_FORMAT,
             "config": json.dumps(self.cfg.to_dict()),
             "model": model.state_dict(),
@@ -413,8 +473,11 @@ def load_model(model_dir: str | Path, which: str = "best", device: torch.device 
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise XctregError(f"{d} is not an xctreg model directory (no config.json)")
-    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg = TrainConfig.from_dict(meta["train"])
+    meta = read_json(cfg_path, "model config")
+    try:
+        cfg = TrainConfig.from_dict(meta["train"])
+    except (KeyError, TypeError, ValueError):
+        raise XctregError(f"{cfg_path} is not a valid xctreg model config") from None
     path = d / f"{which}.pt"
     if which == "best" and not path.exists():
         path = d / "last.pt"

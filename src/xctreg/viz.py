@@ -33,3 +33,21 @@ def image_grid(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, path: str | os.PathLike[str], title: str = "") -> None:
+    """Save an X-ray (grey) with a heat map (e.g. attention, [0, 1]) blended on top, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(np.asarray(image), cmap="gray")
+    ax.imshow(np.asarray(heat), cmap="jet", alpha=0.4, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

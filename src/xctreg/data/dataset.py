@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xctreg._fs import atomic_path, write_json
+from xctreg._fs import atomic_path, read_json, write_json
 from xctreg.data.poses import SplitConfig, make_splits
 from xctreg.errors import XctregError
 from xctreg.geometry import Camera, PoseReference
@@ -114,10 +114,12 @@ def generate(
     ``progress(done, total)`` is called after every shard.
     """
     out = Path(out_dir)
+    if cfg.shard_size < 1 or cfg.batch < 1:
+        raise XctregError(f"shard size and batch must be >= 1, got {cfg.shard_size} and {cfg.batch}")
     sha = sha256_file(ct_path) if ct_path is not None else None
     meta = _meta(cfg, volume, sha)
     if (out / "meta.json").is_file():
-        old = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+        old = read_json(out / "meta.json", "dataset meta")
         old.pop("complete", None)
         if old != meta:
             raise XctregError(f"{out} holds a different dataset (other CT, camera, poses or settings); use a new folder")

@@ -121,8 +121,11 @@ def _read_sitk(path: Path) -> sitk.Image:
         if not series:
             raise XctregError(f"no DICOM series found in directory {path}")
         if len(series) > 1:
-            # Pick the series with the most slices; say so rather than guessing silently.
-            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+            sizes = {s: len(reader.GetGDCMSeriesFileNames(str(path), s)) for s in series}
+            raise XctregError(
+                f"{path} holds {len(series)} DICOM series ({', '.join(f'{s}: {n} files' for s, n in sizes.items())}); "
+                "give a folder with one series"
+            )
         else:
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
         reader.SetFileNames(files)
@@ -157,7 +160,9 @@ def _nifti_nonfinite(path: Path) -> int:
         if kind is None:
             return 0
         fh.seek(0)
-        data = np.frombuffer(fh.read()[max(offset, 544 if n == 540 else 352) :], dtype=f"{order}{kind}")
+        raw = fh.read()[max(offset, 544 if n == 540 else 352) :]
+        item = np.dtype(kind).itemsize
+        data = np.frombuffer(raw[: len(raw) // item * item], dtype=f"{order}{kind}")
     return int(np.count_nonzero(~np.isfinite(data)))
 
 

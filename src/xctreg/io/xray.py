@@ -98,12 +98,17 @@ def _camera_from_dicom(ds, p: Path) -> Camera | None:  # noqa: ANN001 - pydicom 
     if sdd is None or spacing is None:
         return None
     try:
+        sp = list(spacing) if isinstance(spacing, (list, tuple)) or hasattr(spacing, "__len__") else [spacing]
+        if len(sp) == 1:
+            sp = [sp[0], sp[0]]
         return Camera(
             sdd_mm=float(sdd),
             height=int(ds.Rows),
             width=int(ds.Columns),
-            pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
+            pixel_spacing_mm=(float(sp[0]), float(sp[1])),
         )
+    except (TypeError, ValueError, IndexError):
+        raise XctregError(f"DICOM X-ray {p} has unreadable geometry tags (spacing {spacing!r})") from None
     except XctregError as exc:
         raise XctregError(f"DICOM X-ray {p} has bad geometry tags: {exc}") from None
 
