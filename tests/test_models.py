@@ -149,3 +149,15 @@ def test_registrar_and_evaluate_end_to_end(tmp_path, small_phantom, cli) -> None
     amap = np.load(tmp_path / "att.npy")
     assert amap.shape == (32, 32) and amap.min() >= 0 and amap.max() == pytest.approx(1.0)
     assert (tmp_path / "att.png").stat().st_size > 1000
+
+
+def test_tensorboard_logging_or_a_clear_error(tmp_path, small_phantom) -> None:
+    import importlib.util
+
+    t = Trainer(small_phantom, tmp_path / "m", quick_test_config(steps=3), log=lambda s: None)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(XctregError, match="pip install tensorboard"):
+            t.fit(tensorboard=True)
+    else:
+        t.fit(tensorboard=True)
+        assert list((tmp_path / "m" / "tensorboard").glob("events.*"))

@@ -291,6 +291,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from MODEL_DIR/last.pt.")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to MODEL_DIR/tensorboard.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Accept a volume that does not look like a CT.")] = False,
 ) -> None:
     """Build the patient-specific model: cached training DRRs and the pose regressor."""
@@ -319,7 +320,7 @@ def train(
             bar.update(tasks[name], completed=done, total=total)
 
         trainer = Trainer(vol, out, cfg, ct_path=ct, device=dev, log=bar.console.print)
-        res = trainer.fit(resume=resume, progress=progress)
+        res = trainer.fit(resume=resume, progress=progress, tensorboard=tensorboard)
     _echo(
         f"trained {out} ({variant}, {preset}) for {res.step} steps in {res.seconds / 60:.1f} min: "
         f"best val median mTRE {res.best_val_median_mtre_mm:.2f} mm"

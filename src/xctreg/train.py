@@ -315,8 +315,17 @@ class Trainer:
         }
 
     # -------------------------------------------------------------- the loop
-    def fit(self, resume: bool = False, progress: Callable[[str, int, int], None] | None = None, max_steps: int | None = None) -> TrainResult:
-        """Train (or resume) until ``cfg.steps``, early stopping, or ``max_steps`` (for tests/interrupts)."""
+    def fit(
+        self,
+        resume: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+        max_steps: int | None = None,
+        tensorboard: bool = False,
+    ) -> TrainResult:
+        """Train (or resume) until ``cfg.steps``, early stopping, or ``max_steps`` (for tests/interrupts).
+
+        ``tensorboard``: also log loss, learning rate and validation to MODEL_DIR/tensorboard
+        (needs the ``tensorboard`` package)."""
         cfg = self.cfg
         rank, world, local = init_distributed(self.device)
         if world > 1 and self.device.type == "cuda":
@@ -326,6 +335,12 @@ class Trainer:
         if not main:
             self.log = lambda s: None
             progress = None
+        SummaryWriter = None  # noqa: N806
+        if tensorboard and main:  # check before hours of data rendering, not after
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise XctregError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         last = self.dir / "last.pt"
         if not resume and last.exists():
@@ -378,6 +393,7 @@ class Trainer:
                 g_data.manual_seed(cfg.seed + 7919 * rank + 104729 * step)
                 g_aug.manual_seed(cfg.seed + 1 + 7919 * rank + 104729 * step)
             self.log(f"resuming at step {step}")
+        writer = SummaryWriter(str(self.dir / "tensorboard")) if SummaryWriter is not None else None
         t0 = time.perf_counter()
         log_path = self.dir / "train_log.csv"
         if main and (not resume or not log_path.exists()):
@@ -426,6 +442,12 @@ class Trainer:
                     bad_epochs += 1
                 write_json(self.dir / "val_metrics.json", {"best_median_mtre_mm": best, "history": history})
                 self.log(f"step {step}: loss {np.mean(running):.4f}, val median mTRE {val_row['median_mtre_mm']:.2f} mm, SR@10 {val_row['sr_10mm']:.2%}")
+            if writer is not None:
+                writer.add_scalar("train/loss", running[-1], step)
+                writer.add_scalar("train/lr", _lr_at(step - 1, cfg), step)
+                if val_row is not None:
+                    for key, v in val_row.items():
+                        writer.add_scalar(f"val/{key}", v, step)
             if main and (step % 25 == 0 or val_row is not None):
                 with open(log_path, "a", newline="", encoding="utf-8") as fh:
                     csv.writer(fh).writerow([step, k, f"{_lr_at(step - 1, cfg):.3g}", f"{np.mean(running):.5f}",
@@ -446,6 +468,8 @@ class Trainer:
                 break
         if world > 1:
             torch.distributed.barrier()
+        if writer is not None:
+            writer.close()
         return TrainResult(step, best, history[-1] if history else {}, time.perf_counter() - t0)
 
     def _state(self, model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history) -> dict[str, Any]:  # noqa: ANN001
