@@ -130,12 +130,12 @@ def test_registrar_and_evaluate_end_to_end(tmp_path, small_phantom, cli) -> None
         reg.regress(torch.zeros(32, 32).numpy())
     with pytest.raises(XctregError, match="geometry says"):
         reg.regress(torch.rand(30, 32).numpy())
-    m = evaluate(tmp_path / "m", n=5, out_dir=tmp_path / "eval")
+    m = evaluate(tmp_path / "m", n=5, out_dir=tmp_path / "eval", refine=False)
     assert m["n"] == 5 and m["median_mtre_mm"] > 0 and 0 <= m["sr_10mm"] <= 1
     assert set(m["param_mae"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
     for f in ("metrics.json", "metrics.md", "errors.png", "cases.json"):
         assert (tmp_path / "eval" / f).is_file()
-    res = cli("evaluate", tmp_path / "m", "--n", "2", "--out", tmp_path / "e2")
+    res = cli("evaluate", tmp_path / "m", "--n", "2", "--out", tmp_path / "e2")  # with refinement
     assert res.code == 0, res.err
     assert "median mTRE" in res.out
     assert_one_line_error(cli("evaluate", tmp_path / "nothing"), "not an xctreg model directory")

@@ -334,8 +334,9 @@ def evaluate_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Folder for metrics.json, metrics.md and figures.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out poses.")] = 987_654,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
 ) -> None:
-    """Register held-out simulated X-rays (regressor only for now) and report mTRE, mPD, SR."""
+    """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from xctreg.evaluate import evaluate
@@ -346,10 +347,11 @@ def evaluate_cmd(
     out = out or model_dir / "eval"
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("eval", total=n)
-        m = evaluate(model_dir, n, out, resolve_device(device), seed, progress=lambda d, t: bar.update(task, completed=d))
+        m = evaluate(model_dir, n, out, resolve_device(device), seed,
+                     progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine)  # fmt: skip
     _echo(
         f"{n} X-rays: median mTRE {m['median_mtre_mm']:.2f} mm, SR@10mm {m['sr_10mm']:.1%}, "
-        f"SR@20mm {m['sr_20mm']:.1%} (regressor only); wrote {out}/metrics.json"
+        f"SR@20mm {m['sr_20mm']:.1%} ({'with refinement' if m['refine'] else 'regressor only'}); wrote {out}/metrics.json"
     )
 
 
@@ -378,6 +380,45 @@ def attention_cmd(
         np.save(fh, amap.astype(np.float32))
     overlay(img, amap, out, title=f"attention: {xray.name}")
     _echo(f"wrote {out} and {npy}")
+
+
+@app.command("register")
+def register_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A trained MODEL_DIR.")],
+    xray: Annotated[Path, typer.Argument(help="X-ray: .npy, .png, .tif or DICOM (bone bright unless --transmission).")],
+    geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON (overrides DICOM tags).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Result JSON; default: <xray>.result.json beside it.")] = None,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
+    transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a CT whose SHA-256 differs from training.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Estimate the pose of an X-ray: regression, then refinement by differentiable rendering."""
+    import warnings
+
+    from xctreg._fs import write_json
+    from xctreg.geometry import read_camera
+    from xctreg.io import read_xray
+    from xctreg.register import Registrar
+    from xctreg.runtime import resolve_device
+
+    xr = read_xray(xray, transmission=transmission)
+    reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
+    cam = read_camera(geometry) if geometry is not None else (xr.camera or reg.camera)
+    cam.check_image(xr.image.shape, name=f"X-ray {xray.name}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = reg.register(xr.image, cam, refine_pose=not no_refine)
+    for w in caught:
+        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
+    out = out or xray.with_name(xray.name.split(".")[0] + ".result.json")
+    write_json(out, result)
+    p = result["params"]
+    _echo(
+        f"{xray.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "
+        f"tx {p['tx_mm']:.1f} ty {p['ty_mm']:.1f} tz {p['tz_mm']:.1f} mm; NCC {result['similarity']['ncc']:.3f}; "
+        f"{result['timing_s']['total']:.1f} s -> {out}"
+    )
 
 
 def run(argv: list[str] | None = None) -> int:
