@@ -53,8 +53,9 @@ def test_register_cli_dicom_end_to_end(cli, model_dir, tmp_path) -> None:
     res = cli("simulate", model_dir / "ct.nii.gz", "--geometry", m / "geometry.json", "--pose", tmp_path / "p.json",
               "--out", tmp_path / "x.dcm", "--photons", "1e5")  # fmt: skip
     assert res.code == 0, res.err
-    res = cli("register", m, tmp_path / "x.dcm", "--out", tmp_path / "r.json")
+    res = cli("register", m, tmp_path / "x.dcm", "--out", tmp_path / "r.json", "--overlay", tmp_path / "o.png")
     assert res.code == 0, res.err
+    assert (tmp_path / "o.png").stat().st_size > 2000
     r = json.loads((tmp_path / "r.json").read_text())
     for key in ("T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations"):
         assert key in r
@@ -71,6 +72,11 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
     assert_one_line_error(cli("register", m, tmp_path / "blank.npy"), "blank")
     np.save(tmp_path / "big.npy", np.random.rand(40, 32).astype(np.float32))
     assert_one_line_error(cli("register", m, tmp_path / "big.npy"), "geometry says")
+    np.save(tmp_path / "x32.npy", np.random.rand(32, 32).astype(np.float32))
+    np.save(tmp_path / "m16.npy", np.zeros((16, 16), np.float32))
+    assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "m16.npy"), "--mask is 16x16")
+    np.save(tmp_path / "mall.npy", np.ones((32, 32), np.float32))
+    assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "mall.npy"), "almost every pixel")
     # a model directory whose CT changed: a warning, an error with --strict
     cfg = json.loads((m / "config.json").read_text())
     cfg["ct_sha256"] = "0" * 64
@@ -83,3 +89,19 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
     res = cli("register", other, tmp_path / "x.npy", "--out", tmp_path / "w.json")
     assert res.code == 0 and "warning: the CT" in res.err
     assert_one_line_error(cli("register", other, tmp_path / "x.npy", "--strict"), "SHA-256")
+
+
+def test_refinement_with_a_collimator_mask() -> None:
+    vol = make_phantom()
+    cam = Camera(1020.0, 96, 96, (4.2, 4.2))
+    ref = PoseReference(tuple(vol.center), 750.0)
+    true = np.array([-3.0, 5.0, -6.0, -8.0, 6.0, -15.0])
+    img = Renderer(vol, cam, reference=ref)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
+    v, u = np.mgrid[:96, :96]
+    inside = ((u - 47.5) ** 2 + (v - 47.5) ** 2) <= 40**2
+    img = np.where(inside, img, 0.0).astype(np.float32)  # black circular collimator
+    start = true + np.array([4.0, -4.0, 4.0, 8.0, -8.0, 15.0])
+    res = refine(vol, img, cam, ref, start, mask=inside.astype(np.float32))
+    pts = torch.as_tensor(target_points(vol, 2000))
+    T = lambda p: params_to_matrix(torch.as_tensor(p, dtype=torch.float64), ref)  # noqa: E731
+    assert float(mtre(T(res.params), T(true), pts)) < 1.0

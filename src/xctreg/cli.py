@@ -391,6 +391,8 @@ def register_cmd(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
     transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse a CT whose SHA-256 differs from training.")] = False,
+    overlay_png: Annotated[Path | None, typer.Option("--overlay", help="PNG: the X-ray with DRR edges at the initial and final pose.")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Estimate the pose of an X-ray: regression, then refinement by differentiable rendering."""
@@ -406,13 +408,32 @@ def register_cmd(
     reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
     cam = read_camera(geometry) if geometry is not None else (xr.camera or reg.camera)
     cam.check_image(xr.image.shape, name=f"X-ray {xray.name}")
+    keep = None
+    if mask is not None:
+        ignore = read_xray(mask).image
+        if ignore.shape != xr.image.shape:
+            raise XctregError(f"--mask is {ignore.shape[0]}x{ignore.shape[1]} px but the X-ray is {xr.image.shape[0]}x{xr.image.shape[1]}")
+        keep = (ignore == 0).astype("float32")
+        if keep.mean() < 0.05:
+            raise XctregError("--mask ignores almost every pixel")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = reg.register(xr.image, cam, refine_pose=not no_refine)
+        result = reg.register(xr.image, cam, refine_pose=not no_refine, mask=keep)
     for w in caught:
         print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
     out = out or xray.with_name(xray.name.split(".")[0] + ".result.json")
     write_json(out, result)
+    if overlay_png is not None:
+        import numpy as np
+        import torch
+
+        from xctreg.render import Renderer
+        from xctreg.viz import registration_overlay
+
+        r = Renderer(reg.ct(), cam, reference=reg.reference)
+        with torch.no_grad():
+            pair = r(torch.as_tensor(np.array([result["initial"]["T_cam_from_world"], result["T_cam_from_world"]]), dtype=torch.float32))
+        registration_overlay(xr.image, pair[0, 0].numpy(), pair[1, 0].numpy(), overlay_png, title=f"{xray.name}: initial (red), final (green)")
     p = result["params"]
     _echo(
         f"{xray.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "

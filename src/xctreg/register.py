@@ -49,6 +49,9 @@ class RefineConfig:
     lr_trans_mm: float = 1.0
     patience: int = 12
     min_gain: float = 1e-4
+    restarts: int = 3
+    restart_below: float = 0.6
+    restart_spread: tuple[float, float] = (4.0, 8.0)
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
@@ -215,7 +218,17 @@ class Registrar:
         cam = camera or self.camera
         params, iters, t_ref = reg.params, 0, 0.0
         if refine_pose:
-            ref = refine(self.ct(), image, cam, self.reference, reg.params, config, mask)
+            cfg = config or RefineConfig()
+            ref = refine(self.ct(), image, cam, self.reference, reg.params, cfg, mask)
+            rng = np.random.default_rng(0)
+            k = 0
+            while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
+                d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
+                alt = refine(self.ct(), image, cam, self.reference, reg.params + d, cfg, mask)
+                alt.iterations += ref.iterations
+                alt.seconds += ref.seconds
+                ref = alt if alt.similarity > ref.similarity else Refinement(ref.params, ref.similarity, alt.iterations, alt.seconds)
+                k += 1
             params, iters, t_ref = ref.params, ref.iterations, ref.seconds
         pose = Pose.from_params(params, self.reference)
         with torch.no_grad():

@@ -35,6 +35,37 @@ def image_grid(
     plt.close(fig)
 
 
+def registration_overlay(
+    image: np.ndarray, drr_initial: np.ndarray, drr_final: np.ndarray, path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """The X-ray (grey) with the DRR's edges at the initial (red) and final (green) pose, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def edges(x: np.ndarray) -> np.ndarray:
+        x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
+        gy, gx = np.gradient(x)
+        g = np.hypot(gx, gy)
+        return g > np.quantile(g, 0.9)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(np.asarray(image), cmap="gray")
+    for drr, color in ((drr_initial, (1.0, 0.2, 0.2)), (drr_final, (0.2, 1.0, 0.2))):
+        e = edges(np.asarray(drr))
+        rgba = np.zeros((*e.shape, 4))
+        rgba[..., :3] = color
+        rgba[..., 3] = e * 0.8
+        ax.imshow(rgba)
+    ax.set_title(title or "DRR edges: initial (red), final (green)", fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
 def overlay(image: np.ndarray, heat: np.ndarray, path: str | os.PathLike[str], title: str = "") -> None:
     """Save an X-ray (grey) with a heat map (e.g. attention, [0, 1]) blended on top, as a PNG."""
     import matplotlib
