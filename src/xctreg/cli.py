@@ -51,6 +51,24 @@ def _echo(msg: str) -> None:
     Console(highlight=False, soft_wrap=True).print(msg)
 
 
+def _preset_camera(preset: str, geometry: Path | None = None):  # noqa: ANN202 - Camera, imported lazily
+    """The camera of a geometry JSON if given, else of the named preset (quick or paper)."""
+    from xctreg.geometry import read_camera
+    from xctreg.simulate import PRESET_CAMERAS
+
+    if preset not in PRESET_CAMERAS:
+        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    return read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
+
+
+def _progress(label: str | None, transient: bool = True):  # noqa: ANN202 - rich Progress, imported lazily
+    """A rich progress bar: label (or each task's description), bar, done/total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    text = TextColumn(label if label is not None else "{task.description}")
+    return Progress(text, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=transient)
+
+
 @data_app.command("chest")
 def data_chest(
     refresh: Annotated[bool, typer.Option("--refresh", help="Download again even if cached.")] = False,
@@ -143,17 +161,16 @@ def simulate(
     """Render physics-based X-rays (DRRs) of a CT at a given pose or at N random poses."""
     import time
 
-    from xctreg.geometry import PoseReference, read_camera, read_pose
+    from xctreg.geometry import PoseReference, read_pose
     from xctreg.io import read_volume
     from xctreg.physics import DetectorConfig
     from xctreg.render import RenderConfig
     from xctreg.runtime import resolve_device
-    from xctreg.simulate import PRESET_CAMERAS, SimulateConfig, simulate_one, simulate_random
+    from xctreg.simulate import SimulateConfig, simulate_one, simulate_random
 
     if (pose is None) == (random == 0):
         raise XctregError("give exactly one of --pose POSE.json or --random N")
-    if preset not in PRESET_CAMERAS:
-        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    cam = _preset_camera(preset, geometry)
     if not 0.0 <= scatter <= 0.9:
         raise XctregError(f"--scatter must be in [0, 0.9], got {scatter:g}")
     if photons is not None and photons <= 0:
@@ -163,7 +180,6 @@ def simulate(
     if sid_mm <= 0 or al_mm < 0 or blur_px < 0:
         raise XctregError("--sid-mm must be positive and --al-mm, --blur-px non-negative")
     dev = resolve_device(device)
-    cam = read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
     vol = read_volume(ct, force=force)
     reference = PoseReference(tuple(float(v) for v in vol.center), sid_mm)
     p = read_pose(pose, reference=reference) if pose is not None else None
@@ -175,11 +191,7 @@ def simulate(
         img_path, pose_path = simulate_one(vol, cam, p, out, cfg, dev)
         _echo(f"wrote {img_path} ({cam.height}x{cam.width}, {mode}) and {pose_path} in {time.perf_counter() - t0:.2f} s")
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
+    with _progress("rendering") as bar:
         task = bar.add_task("render", total=random)
         pj = simulate_random(vol, cam, random, out, "." + fmt.lstrip("."), None, cfg, dev,
                              progress=lambda k: bar.advance(task, k))  # fmt: skip
@@ -205,26 +217,20 @@ def data_generate(
     """Render a cached, resumable training dataset (material line integrals + pose tables)."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from xctreg.data.dataset import DataConfig, generate
     from xctreg.data.poses import SplitConfig
-    from xctreg.geometry import read_camera
     from xctreg.io import read_volume
     from xctreg.runtime import resolve_device
-    from xctreg.simulate import PRESET_CAMERAS
 
-    if preset not in PRESET_CAMERAS:
-        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    cam = _preset_camera(preset, geometry)
     if min(n_train, n_val, n_test) < 0 or n_train + n_val + n_test == 0:
         raise XctregError("the dataset is empty; give positive --n-train/--n-val/--n-test")
     if method not in ("uniform", "sobol"):
         raise XctregError(f"unknown --method {method!r}; use uniform or sobol")
-    cam = read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
     vol = read_volume(ct, force=force)
     cfg = DataConfig(camera=cam, splits=SplitConfig(n_train, n_val, n_test, method=method, seed=seed), shard_size=shard_size)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    with Progress(TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with _progress("rendering") as bar:
         task = bar.add_task("gen", total=None)
 
         def on_estimate(e) -> None:  # noqa: ANN001
@@ -257,15 +263,12 @@ def augment_preview(
     from xctreg.data.poses import sample_poses
     from xctreg.io import read_volume
     from xctreg.render import Renderer
-    from xctreg.simulate import PRESET_CAMERAS
     from xctreg.viz import image_grid
 
-    if preset not in PRESET_CAMERAS:
-        raise XctregError(f"unknown preset {preset!r}; use paper or quick")
+    cam = _preset_camera(preset)
     if not 1 <= n <= 32:
         raise XctregError("--n must be between 1 and 32")
     vol = read_volume(ct, force=force)
-    cam = PRESET_CAMERAS[preset]
     r = Renderer(vol, cam)
     p = torch.as_tensor(sample_poses(n, seed=seed), dtype=torch.float32)
     with torch.no_grad():
@@ -297,8 +300,6 @@ def train(
     """Build the patient-specific model: cached training DRRs and the pose regressor."""
     from dataclasses import replace
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from xctreg.io import read_volume
     from xctreg.models import ModelConfig
     from xctreg.runtime import resolve_device
@@ -311,7 +312,7 @@ def train(
         raise XctregError("--steps must be >= 1")
     dev = resolve_device(device)
     vol = read_volume(ct, force=force)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+    with _progress(None, transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(name: str, done: int, total: int) -> None:
@@ -337,15 +338,13 @@ def evaluate_cmd(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
 ) -> None:
     """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from xctreg.evaluate import evaluate
     from xctreg.runtime import resolve_device
 
     if n < 1:
         raise XctregError("--n must be >= 1")
     out = out or model_dir / "eval"
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+    with _progress("evaluating") as bar:
         task = bar.add_task("eval", total=n)
         m = evaluate(model_dir, n, out, resolve_device(device), seed,
                      progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine)  # fmt: skip

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from xctreg.errors import XctregError
 from xctreg.geometry import Camera, Pose, PoseReference, params_to_matrix
-from xctreg.io.volume import Volume, read_volume, sha256_file
+from xctreg._fs import sha256_file
+from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import ncc, similarity
 from xctreg.render import RenderConfig, Renderer
 from xctreg.train import ParamNormalizer, load_model

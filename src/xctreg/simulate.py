@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from xctreg._fs import write_json
@@ -111,9 +110,3 @@ def simulate_random(
     write_json(out_dir / "poses.json", {"geometry": camera.to_dict(), "reference": reference.to_dict(), "poses": entries})
     return out_dir / "poses.json"
 
-
-def params_table(poses_json: dict) -> np.ndarray:
-    """(N, 6) parameters from a poses.json object."""
-    from xctreg.geometry import PARAM_NAMES
-
-    return np.array([[e["params"][k] for k in PARAM_NAMES] for e in poses_json["poses"]])

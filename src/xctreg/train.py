@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xctreg._fs import atomic_path, read_json, write_json
+from xctreg._fs import atomic_path, read_json, sha256_file, write_json
 from xctreg.data.augment import AugmentConfig, augment, clean_image, warm_spectra
 from xctreg.data.dataset import DataConfig, ShardDataset, generate
 from xctreg.data.poses import SplitConfig
 from xctreg.errors import XctregError
 from xctreg.geometry import Camera, PoseRanges, PoseReference, params_to_matrix
-from xctreg.io.volume import Volume, sha256_file
+from xctreg.io.volume import Volume
 from xctreg.metrics import mtre, target_points
 from xctreg.models import ModelConfig, PoseRegressor
 

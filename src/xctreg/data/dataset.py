@@ -14,7 +14,6 @@ Layout of a dataset folder::
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -26,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from xctreg._fs import atomic_path, read_json, write_json
+from xctreg._fs import atomic_path, read_json, sha256_file, write_json
 from xctreg.data.poses import SplitConfig, make_splits
 from xctreg.errors import XctregError
 from xctreg.geometry import Camera, PoseReference
-from xctreg.io.volume import Volume, sha256_file
+from xctreg.io.volume import Volume
 from xctreg.render import RenderConfig, Renderer
 
 FORMAT_VERSION = 1
@@ -50,9 +49,6 @@ class DataConfig:
 
     def bytes_per_sample(self) -> int:
         return 3 * self.camera.height * self.camera.width * 2
-
-    def n_total(self) -> int:
-        return self.splits.n_train + self.splits.n_val + self.splits.n_test
 
 
 def _meta(cfg: DataConfig, volume: Volume, ct_sha256: str | None) -> dict[str, Any]:
@@ -88,12 +84,23 @@ def _shard_path(root: Path, split: str, k: int) -> Path:
     return root / split / f"shard_{k:05d}.npy"
 
 
-def _shard_ok(path: Path, n: int, shape: list[int]) -> bool:
+def _open_shard(path: Path, n: int, shape: list[int]) -> np.ndarray:
+    """Memory-map a shard, checking it holds ``n`` float16 samples of ``shape``."""
     try:
         arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        raise XctregError(f"corrupt shard {path}: {str(exc).splitlines()[0][:120]}") from None
+    if arr.shape != (n, *shape) or arr.dtype != np.float16:
+        raise XctregError(f"corrupt shard {path}: shape {arr.shape} {arr.dtype}, expected {(n, *shape)} float16")
+    return arr
+
+
+def _shard_ok(path: Path, n: int, shape: list[int]) -> bool:
+    try:
+        _open_shard(path, n, shape)
+    except XctregError:
         return False
-    return arr.shape == (n, *shape) and arr.dtype == np.float16
+    return True
 
 
 def generate(
@@ -189,10 +196,7 @@ class ShardDataset(torch.utils.data.Dataset):
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise XctregError(f"{self.root} is not an xctreg dataset (no meta.json)")
-        try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise XctregError(f"{meta_path} is corrupt (not JSON)") from None
+        self.meta = read_json(meta_path, "dataset meta")
         if not self.meta.get("complete"):
             raise XctregError(f"dataset {self.root} is incomplete; run the generation again to resume it")
         if split not in SPLITS:
@@ -205,15 +209,8 @@ class ShardDataset(torch.utils.data.Dataset):
         size = int(self.meta["shard_size"])
         self.shards = []
         for k in range(math.ceil(len(self.params) / size)):
-            path = _shard_path(self.root, split, k)
             n = min(size, len(self.params) - k * size)
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise XctregError(f"corrupt shard {path}: {str(exc).splitlines()[0][:120]}") from None
-            if arr.shape != (n, *shape) or arr.dtype != np.float16:
-                raise XctregError(f"corrupt shard {path}: shape {arr.shape} {arr.dtype}, expected {(n, *shape)} float16")
-            self.shards.append(arr)
+            self.shards.append(_open_shard(_shard_path(self.root, split, k), n, shape))
         self.shard_size = size
         self.camera = Camera.from_dict(self.meta["camera"])
         self.reference = PoseReference.from_dict(self.meta["reference"])

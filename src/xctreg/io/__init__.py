@@ -1,5 +1,6 @@
 """Medical image IO: CT volumes (SimpleITK) and X-ray images (.npy/PNG/TIFF/DICOM)."""
 
+from xctreg._fs import sha256_file
 from xctreg.io.volume import (
     Volume,
     check_ct,
@@ -7,7 +8,6 @@ from xctreg.io.volume import (
     pyramid,
     read_volume,
     resample,
-    sha256_file,
     write_volume,
 )
 from xctreg.io.xray import XRay, read_xray, transmission_to_attenuation, write_xray

@@ -8,7 +8,6 @@ the file (origin, spacing and direction cosines honoured).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,18 +237,6 @@ def write_volume(vol: Volume, path: str | os.PathLike[str]) -> Path:
     with atomic_path(p) as tmp:
         sitk.WriteImage(vol.to_sitk(), str(tmp), useCompression=True)
     return p
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file (for a directory: of its sorted files' contents)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def resample(vol: Volume, spacing: float | tuple[float, float, float], smooth: bool = True) -> Volume:

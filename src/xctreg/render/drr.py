@@ -9,7 +9,7 @@ noise -> attenuation image -log(I/I0) (bone bright).
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -19,7 +19,7 @@ from xctreg.errors import XctregError
 from xctreg.geometry import Camera, PoseReference, params_to_matrix
 from xctreg.io.volume import Volume, resample
 from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
-from xctreg.physics.materials import DecompositionConfig, attenuation_table, hu_to_density, material_densities
+from xctreg.physics.materials import DecompositionConfig, hu_to_density, material_densities
 from xctreg.physics.spectrum import Spectrum, monoenergetic, tube_spectrum
 from xctreg.render.march import march_numba, march_torch, siddon_reference
 from xctreg.render.rays import IndexRays, make_rays
@@ -115,7 +115,6 @@ class Renderer:
         if volume.hu.size == 0 or min(volume.hu.shape) < 2:
             raise XctregError(f"cannot render an empty volume (shape {volume.hu.shape})")
         self.reference = reference or PoseReference(tuple(float(v) for v in volume.center), sid_mm)
-        self.source_volume = volume
         self.voxel_mm = self._level_spacing(volume, camera, cfg.voxel_mm, self.reference.sid_mm)
         vol = pyramid_level(volume, self.voxel_mm)
         self.volume = vol
@@ -201,14 +200,3 @@ class Renderer:
     def __call__(self, poses: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Render (B, 1, H, W) attenuation images (bone bright) for ``poses``."""
         return self.intensity_to_image(self.line_integrals(poses), generator)
-
-    def with_config(self, camera: Camera | None = None, **changes: object) -> Renderer:
-        """A renderer of the same CT (and camera, unless given) with some config fields changed."""
-        return Renderer(
-            self.source_volume, camera or self.camera, replace(self.config, **changes), self.device, self.dtype, self.reference
-        )
-
-    def attenuation_coefficients(self) -> np.ndarray:
-        """(3, n_bins) μ/ρ (cm²/g) of the current spectrum's bins."""
-        assert self.spectrum is not None
-        return attenuation_table(self.spectrum.energies_kev)

@@ -23,6 +23,20 @@ class IndexRays:
     t1: torch.Tensor
 
 
+def ray_box_interval(
+    origin: torch.Tensor, direction: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slab method: entry and exit t (…,) of rays origin + t·direction through the box [lo, hi].
+
+    Entry is clamped at 0 (the ray starts at its origin); t1 <= t0 means a miss.
+    """
+    safe = torch.where(direction.abs() < 1e-12, torch.full_like(direction, 1e-12), direction)
+    ta, tb = (lo - origin) / safe, (hi - origin) / safe
+    t0 = torch.minimum(ta, tb).amax(-1).clamp_min(0.0)
+    t1 = torch.maximum(ta, tb).amin(-1)
+    return t0, t1
+
+
 def world_to_index_matrix(affine: torch.Tensor) -> torch.Tensor:
     """Inverse of a (4, 4) index->world affine."""
     return torch.linalg.inv(affine)
@@ -51,9 +65,5 @@ def make_rays(
     o = o_idx.unsqueeze(1).expand_as(d_idx)
     n = torch.tensor(shape_ijk, dtype=dtype, device=T.device)
     with torch.no_grad():
-        safe = torch.where(d_idx.abs() < 1e-12, torch.full_like(d_idx, 1e-12), d_idx)
-        ta = (-0.5 - o) / safe
-        tb = (n - 0.5 - o) / safe
-        t0 = torch.minimum(ta, tb).amax(-1).clamp_min(0.0)
-        t1 = torch.maximum(ta, tb).amin(-1)
+        t0, t1 = ray_box_interval(o, d_idx, torch.full_like(n, -0.5), n - 0.5)
     return IndexRays(o, d_idx, t0, t1)
