@@ -15,13 +15,16 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = textwrap.dedent(
     """
+    import os
     import sys
+    from pathlib import Path
     from xctreg.data.phantom import PhantomConfig, make_phantom
     from xctreg.train import Trainer, quick_test_config
 
     vol = make_phantom(PhantomConfig(size=(64, 64, 64), spacing_mm=(6.0, 6.0, 6.0)))
     res = Trainer(vol, sys.argv[1], quick_test_config(steps=4), log=print).fit()
-    print("done", res.step)
+    # one marker file per rank: the ranks share stdout, where their lines can interleave
+    Path(sys.argv[2], f"rank{os.environ['RANK']}.done").write_text(str(res.step))
     """
 )
 
@@ -29,10 +32,11 @@ SCRIPT = textwrap.dedent(
 def test_torchrun_two_processes(tmp_path) -> None:
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "m")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "m"), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("done 4") == 2  # both ranks ran every step
+    # both ranks ran every step
+    assert [(tmp_path / f"rank{r}.done").read_text() for r in (0, 1)] == ["4", "4"]
     state = load_checkpoint(tmp_path / "m" / "last.pt")
     assert state["step"] == 4
     # the ranks drew different batches (seeded by rank); DDP averaged their gradients, so the
