@@ -1,12 +1,16 @@
 """Registration time per X-ray on the chest CT: regressor and refinement apart.
 
     python bench/register.py [--n 5] [--preset quick] [--model-dir DIR] [--device auto]
+                             [--similarity ncc+gradncc[,patch-ncc,...]] [--collimator]
 
 Targets are polyenergetic, noisy DRRs at random poses. Without --model-dir the
 regressor's time is measured with an untrained network of the preset's shape
 (time does not depend on the weights) and refinement starts from the true pose
 perturbed by about the quick regressor's error (±3°, ±5 mm, ±10 mm in depth);
-with --model-dir the trained model's own estimate is the start. The last line
+with --model-dir the trained model's own estimate is the start. Several
+similarities (comma-separated) are compared on the same X-rays and starts.
+--collimator blacks out the X-rays outside a circle (radius 0.45 of the width)
+and lets refinement find and mask it (preprocess.detect_field). The last line
 is JSON.
 """
 
@@ -24,6 +28,9 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--similarity", default="ncc+gradncc")
+    ap.add_argument("--collimator", action="store_true")
+    ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -37,7 +44,8 @@ def main() -> None:
     from xctreg.metrics import mtre, target_points
     from xctreg.models import PoseRegressor
     from xctreg.physics import DetectorConfig
-    from xctreg.register import Registrar, normalize_image, refine
+    from xctreg.preprocess import detect_field
+    from xctreg.register import RefineConfig, Registrar, normalize_image, refine
     from xctreg.render import RenderConfig, Renderer
     from xctreg.runtime import resolve_device
     from xctreg.train import preset
@@ -53,33 +61,44 @@ def main() -> None:
         imgs = target(torch.as_tensor(truth, dtype=torch.float32), generator=torch.Generator().manual_seed(0))[:, 0].numpy()
     reg = Registrar(args.model_dir, device=dev, ct=vol) if args.model_dir else None
     net = None if reg else PoseRegressor(cfg.model).to(dev).eval()
+    if args.collimator:
+        v, u = np.mgrid[: cam.height, : cam.width]
+        inside = (u - (cam.width - 1) / 2) ** 2 + (v - (cam.height - 1) / 2) ** 2 <= (0.45 * cam.width) ** 2
+        imgs = np.where(inside, imgs, imgs.min()).astype(np.float32)
     rng = np.random.default_rng(0)
     pts = torch.as_tensor(target_points(vol, 5000))
-    t_reg, t_ref, errs = [], [], []
+    T = lambda q: params_to_matrix(torch.as_tensor(q, dtype=torch.float64), ref)  # noqa: E731
     refine(vol, imgs[0], cam, ref, truth[0])  # warm-up: kernel compilation, pyramid levels
+    t_reg, starts, masks = [], [], []
     for img, p in zip(imgs, truth, strict=True):
         t = time.perf_counter()
         if reg is not None:
-            start = reg.regress(img).params
+            starts.append(reg.regress(img).params)
         else:
             with torch.no_grad():
                 net(normalize_image(img).to(dev))
-            start = p + rng.uniform(-1, 1, 6) * np.array([3, 3, 3, 5, 5, 10])
+            starts.append(p + rng.uniform(-1, 1, 6) * np.array([3, 3, 3, 5, 5, 10]))
         t_reg.append(time.perf_counter() - t)
-        res = refine(vol, img, cam, ref, start)
-        t_ref.append(res.seconds)
-        T = lambda q: params_to_matrix(torch.as_tensor(q, dtype=torch.float64), ref)  # noqa: E731
-        errs.append(float(mtre(T(res.params), T(p), pts)))
-        print(f"mTRE {errs[-1]:.3f} mm; regress {t_reg[-1] * 1000:.0f} ms, refine {t_ref[-1]:.2f} s ({res.iterations} it)", flush=True)
-    summary = {
-        "device": str(dev),
-        "preset": args.preset,
-        "n": args.n,
-        "seconds_regress": float(np.mean(t_reg)),
-        "seconds_refine": float(np.mean(t_ref)),
-        "seconds_per_xray": float(np.mean(t_reg) + np.mean(t_ref)),
-        "median_mtre_mm": float(np.median(errs)),
-    }
+        masks.append(detect_field(img).astype(np.float32) if args.collimator else None)
+    summary = {"device": str(dev), "preset": args.preset, "n": args.n, "collimator": args.collimator,
+               "seconds_regress": float(np.mean(t_reg)), "similarity": {}}  # fmt: skip
+    for name in args.similarity.split(","):
+        t_ref, errs = [], []
+        for img, p, start, mask in zip(imgs, truth, starts, masks, strict=True):
+            res = refine(vol, img, cam, ref, start, RefineConfig(similarity=name, **({} if args.lr_decay is None else {"lr_decay": args.lr_decay})), mask=mask)
+            t_ref.append(res.seconds)
+            errs.append(float(mtre(T(res.params), T(p), pts)))
+            print(f"{name}: mTRE {errs[-1]:.3f} mm; refine {t_ref[-1]:.2f} s ({res.iterations} it)", flush=True)
+        e = np.asarray(errs)
+        summary["similarity"][name] = {
+            "seconds_refine": float(np.mean(t_ref)),
+            "seconds_per_xray": float(np.mean(t_reg) + np.mean(t_ref)),
+            "median_mtre_mm": float(np.median(e)),
+            "mean_mtre_mm": float(np.mean(e)),
+            "sr_2mm": float(np.mean(e < 2)),
+            "sr_1mm": float(np.mean(e < 1)),
+        }
+        print(name, json.dumps(summary["similarity"][name]), flush=True)
     print(json.dumps(summary))
 
 

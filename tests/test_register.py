@@ -74,7 +74,7 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
     assert_one_line_error(cli("register", m, tmp_path / "big.npy"), "geometry says")
     np.save(tmp_path / "x32.npy", np.random.rand(32, 32).astype(np.float32))
     np.save(tmp_path / "m16.npy", np.zeros((16, 16), np.float32))
-    assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "m16.npy"), "--mask is 16x16")
+    assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "m16.npy"), "mask is 16x16")
     np.save(tmp_path / "mall.npy", np.ones((32, 32), np.float32))
     assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "mall.npy"), "almost every pixel")
     # a model directory whose CT changed: a warning, an error with --strict
@@ -91,17 +91,84 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
     assert_one_line_error(cli("register", other, tmp_path / "x.npy", "--strict"), "SHA-256")
 
 
-def test_refinement_with_a_collimator_mask() -> None:
+@pytest.mark.parametrize("shutter", ["black", "white"])
+def test_refinement_with_a_detected_collimator(shutter: str) -> None:
+    """A circular collimator, black or saturated white, found by preprocessing and masked out."""
+    from xctreg.preprocess import detect_field
+
     vol = make_phantom()
     cam = Camera(1020.0, 96, 96, (4.2, 4.2))
     ref = PoseReference(tuple(vol.center), 750.0)
     true = np.array([-3.0, 5.0, -6.0, -8.0, 6.0, -15.0])
-    img = Renderer(vol, cam, reference=ref)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
+    r = Renderer(vol, cam, RenderConfig(kvp=100.0, detector=DetectorConfig(photons=3e4, blur_px=0.5)), reference=ref)
+    img = r(torch.tensor(true[None], dtype=torch.float32), generator=torch.Generator().manual_seed(3))[0, 0].numpy()
     v, u = np.mgrid[:96, :96]
     inside = ((u - 47.5) ** 2 + (v - 47.5) ** 2) <= 40**2
-    img = np.where(inside, img, 0.0).astype(np.float32)  # black circular collimator
+    img = np.where(inside, img, img.min() if shutter == "black" else img.max()).astype(np.float32)
+    field = detect_field(img)
+    assert not (field & ~inside).any() and field.sum() > 0.85 * inside.sum()
     start = true + np.array([4.0, -4.0, 4.0, 8.0, -8.0, 15.0])
-    res = refine(vol, img, cam, ref, start, mask=inside.astype(np.float32))
+    res = refine(vol, img, cam, ref, start, mask=field.astype(np.float32))
     pts = torch.as_tensor(target_points(vol, 2000))
     T = lambda p: params_to_matrix(torch.as_tensor(p, dtype=torch.float64), ref)  # noqa: E731
     assert float(mtre(T(res.params), T(true), pts)) < 1.0
+
+
+def test_python_api_result(model_dir, tmp_path) -> None:
+    """xctreg.Registrar(model_dir).register(image, geometry) -> Result, on an X-ray from another
+    detector (resampled to the model's), given as a path and as an array."""
+    import xctreg
+    from xctreg.io import write_xray
+    from xctreg.render import Renderer
+
+    reg = xctreg.Registrar(model_dir / "m")
+    dy, dx = reg.camera.pixel_spacing_mm
+    other = Camera(reg.camera.sdd_mm, 48, 40, (dy * 32 / 48, dx * 32 / 40))  # the 32² model detector's field, finer
+    geom = reg.camera.to_dict() | {"height": 48, "width": 40, "pixel_spacing_mm": list(other.pixel_spacing_mm)}
+    assert Camera.from_dict(geom) == other
+    true = np.array([2.0, -3.0, 4.0, 5.0, -5.0, 10.0])
+    img = Renderer(reg.ct(), other, reference=reg.reference)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
+    write_xray(tmp_path / "x.npy", img)
+    fast = xctreg.register.RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=0)
+    a = reg.register(tmp_path / "x.npy", geom, config=fast)
+    b = reg.register(img, other, config=fast)
+    assert isinstance(a, xctreg.Result) and a.image.shape == (32, 32) and a.camera == reg.camera
+    assert np.allclose(a.params, b.params)
+    assert a.iterations == len(a.trajectory) > 0 and a.trajectory.shape[1] == 6
+    d = a.to_dict()
+    assert set(d) == {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations"}
+    assert np.allclose(np.asarray(d["T_cam_from_world"]), a.pose.T_cam_from_world)
+    # refinement moved the regressor's pose towards a better match
+    assert d["similarity"]["ncc"] > 0.5
+
+
+def test_register_folder_summary_and_animation(cli, model_dir, tmp_path) -> None:
+    m = model_dir / "m"
+    xr = tmp_path / "xrays"
+    xr.mkdir()
+    for k, tz in enumerate((0, 20)):
+        (tmp_path / f"p{k}.json").write_text(json.dumps({"params": {"rx_deg": 2, "ry_deg": 0, "rz_deg": 0, "tx_mm": 0, "ty_mm": 0, "tz_mm": tz}}))
+        res = cli("simulate", model_dir / "ct.nii.gz", "--geometry", m / "geometry.json", "--pose", tmp_path / f"p{k}.json",
+                  "--out", xr / f"x{k}.png", "--photons", "1e5")  # fmt: skip
+        assert res.code == 0, res.err
+    np.save(xr / "bad.npy", np.zeros((32, 32), np.float32))
+    res = cli("register", m, xr, "--overlay", tmp_path / "ov", "--animate", tmp_path / "gif")
+    assert res.code == 1 and "1 of 3 X-rays failed" in res.err and "bad.npy" in res.out
+    import csv
+
+    rows = list(csv.DictReader((xr / "results" / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["error", "ok", "ok"] and "blank" in rows[0]["error"]
+    for r in rows[1:]:
+        assert json.loads(open(r["result"]).read())["iterations"] == int(r["iterations"]) > 0
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["x0.overlay.png", "x1.overlay.png"]
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "gif" / "x1.gif")
+    assert gif.n_frames > 5 and gif.size[0] >= 256
+    # a quoted glob, single X-ray: one result file and a GIF
+    res = cli("register", m, str(xr / "x1.*"), "--out", tmp_path / "one.json", "--animate", tmp_path / "one.gif", "--no-refine")
+    assert res.code == 0, res.err
+    assert json.loads((tmp_path / "one.json").read_text())["iterations"] == 0
+    assert Image.open(tmp_path / "one.gif").n_frames == 2  # regressor and final, the same pose
+    assert_one_line_error(cli("register", m, str(xr / "*.tif")), "no X-ray files match")
+    assert_one_line_error(cli("register", m, xr / "x0.png", "--similarity", "mi"), "unknown similarity")

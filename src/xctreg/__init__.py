@@ -14,4 +14,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["XctregError", "__version__"]
+__all__ = ["Registrar", "Result", "XctregError", "__version__"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy, so that `import xctreg` stays light
+    if name in ("Registrar", "Result"):
+        from xctreg import register
+
+        return getattr(register, name)
+    raise AttributeError(f"module 'xctreg' has no attribute {name!r}")

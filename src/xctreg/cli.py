@@ -384,61 +384,80 @@ def attention_cmd(
 @app.command("register")
 def register_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A trained MODEL_DIR.")],
-    xray: Annotated[Path, typer.Argument(help="X-ray: .npy, .png, .tif or DICOM (bone bright unless --transmission).")],
+    xray: Annotated[str, typer.Argument(help="X-ray file (.npy, .png, .tif, DICOM; bone bright unless --transmission), or a folder or quoted glob of them.")],
     geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON (overrides DICOM tags).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Result JSON; default: <xray>.result.json beside it.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Result JSON (one X-ray; default <xray>.result.json beside it) or folder (several; default <folder>/results).")] = None,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
-    transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities.")] = False,
+    transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities: apply -log.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse a CT whose SHA-256 differs from training.")] = False,
-    overlay_png: Annotated[Path | None, typer.Option("--overlay", help="PNG: the X-ray with DRR edges at the initial and final pose.")] = None,
+    overlay_png: Annotated[Path | None, typer.Option("--overlay", help="PNG with DRR edges at the initial and final pose (a folder for several X-rays).")] = None,
+    animate: Annotated[Path | None, typer.Option("--animate", help="GIF of the refinement trajectory (a folder for several X-rays).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
+    similarity: Annotated[str, typer.Option("--similarity", help="patch-ncc (default), ncc, gradncc, ncc+gradncc or multiscale-ncc.")] = "patch-ncc",
+    no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Estimate the pose of an X-ray: regression, then refinement by differentiable rendering."""
+    """Estimate the pose of X-rays: preprocessing, regression, then refinement by differentiable rendering."""
     import warnings
 
-    from xctreg._fs import write_json
+    from xctreg.batch import Outputs, find_xrays, register_files, write_outputs
     from xctreg.geometry import read_camera
     from xctreg.io import read_xray
-    from xctreg.register import Registrar
+    from xctreg.preprocess import PreprocessConfig
+    from xctreg.register import RefineConfig, Registrar
     from xctreg.runtime import resolve_device
+    from xctreg.similarity import get_similarity
 
-    xr = read_xray(xray, transmission=transmission)
-    reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
-    cam = read_camera(geometry) if geometry is not None else (xr.camera or reg.camera)
-    cam.check_image(xr.image.shape, name=f"X-ray {xray.name}")
+    get_similarity(similarity)  # an unknown name fails before any work
+    files = find_xrays(xray)
     keep = None
     if mask is not None:
-        ignore = read_xray(mask).image
-        if ignore.shape != xr.image.shape:
-            raise XctregError(f"--mask is {ignore.shape[0]}x{ignore.shape[1]} px but the X-ray is {xr.image.shape[0]}x{xr.image.shape[1]}")
-        keep = (ignore == 0).astype("float32")
+        keep = (read_xray(mask).image == 0).astype("float32")
         if keep.mean() < 0.05:
             raise XctregError("--mask ignores almost every pixel")
+    kwargs = dict(
+        geometry=read_camera(geometry) if geometry is not None else None,
+        refine_pose=not no_refine,
+        config=RefineConfig(similarity=similarity),
+        mask=keep,
+        preprocess=PreprocessConfig(collimator=not no_collimator),
+        transmission=transmission,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = reg.register(xr.image, cam, refine_pose=not no_refine, mask=keep)
-    for w in caught:
-        print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
-    out = out or xray.with_name(xray.name.split(".")[0] + ".result.json")
-    write_json(out, result)
-    if overlay_png is not None:
-        import numpy as np
-        import torch
-
-        from xctreg.render import Renderer
-        from xctreg.viz import registration_overlay
-
-        r = Renderer(reg.ct(), cam, reference=reg.reference)
-        with torch.no_grad():
-            pair = r(torch.as_tensor(np.array([result["initial"]["T_cam_from_world"], result["T_cam_from_world"]]), dtype=torch.float32))
-        registration_overlay(xr.image, pair[0, 0].numpy(), pair[1, 0].numpy(), overlay_png, title=f"{xray.name}: initial (red), final (green)")
-    p = result["params"]
-    _echo(
-        f"{xray.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "
-        f"tx {p['tx_mm']:.1f} ty {p['ty_mm']:.1f} tz {p['tz_mm']:.1f} mm; NCC {result['similarity']['ncc']:.3f}; "
-        f"{result['timing_s']['total']:.1f} s -> {out}"
-    )
+        reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
+        if len(files) == 1 and not Path(xray).is_dir():
+            f = files[0]
+            res = reg.register(f, **kwargs)
+            out = out or f.with_name(f.name.split(".")[0] + ".result.json")
+            for w in caught:
+                print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
+            caught.clear()
+            write_outputs(res, reg, Outputs(out, overlay_png, animate), title=f.name)
+            p = res.to_dict()["params"]
+            _echo(
+                f"{f.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "
+                f"tx {p['tx_mm']:.1f} ty {p['ty_mm']:.1f} tz {p['tz_mm']:.1f} mm; NCC {res.similarity['ncc']:.3f}; "
+                f"{res.timing_s['total']:.1f} s -> {out}"
+            )
+            return
+        base = Path(xray) if Path(xray).is_dir() else files[0].parent
+        out_dir = out or base / "results"
+        for opt, val in (("--out", out), ("--overlay", overlay_png), ("--animate", animate)):
+            if val is not None and val.suffix and not val.is_dir():
+                raise XctregError(f"{opt} must be a folder when registering several X-rays, got {val}")
+        with _progress("registering") as bar:
+            task = bar.add_task("register", total=len(files))
+            rows = register_files(reg, files, out_dir, on_done=lambda f, row: bar.advance(task), **kwargs,
+                                  overlay_dir=overlay_png, animate_dir=animate)  # fmt: skip
+        for w in {str(w.message).splitlines()[0] for w in caught}:
+            print(f"warning: {w}", file=sys.stderr)
+    failed = [r for r in rows if r["status"] != "ok"]
+    _echo(f"registered {len(rows) - len(failed)} of {len(rows)} X-rays -> {out_dir}/summary.csv")
+    if failed:
+        for r in failed:
+            _echo(f"  failed: {r['xray']}: {r['error']}")
+        raise XctregError(f"{len(failed)} of {len(rows)} X-rays failed (see {out_dir}/summary.csv)")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -48,11 +48,11 @@ def evaluate(
             imgs = render(p, generator=g)[:, 0].numpy()
         for img in imgs:
             r = reg.register(img, refine_pose=refine)
-            pred.append([r["params"][k] for k in ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")])
-            times.append(r["timing_s"]["total"])
-            t_reg.append(r["timing_s"]["regress"])
-            t_ref.append(r["timing_s"]["refine"])
-            sims.append(r["similarity"])
+            pred.append(r.params)
+            times.append(r.timing_s["total"])
+            t_reg.append(r.timing_s["regress"])
+            t_ref.append(r.timing_s["refine"])
+            sims.append(r.similarity)
         if progress is not None:
             progress(min(n, s + 16), n)
     pred_a = np.asarray(pred, dtype=np.float64)

@@ -68,18 +68,31 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def ssim_css(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSIM and CSS (mean contrast–structure) per image, Gaussian window 11, σ 1.5, on min–max [0, 1] images."""
+def ssim_css(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM and CSS (mean contrast–structure) per image, Gaussian window 11, σ 1.5, on min–max [0, 1]
+    images; with ``mask`` (H, W, 1 = use) the maps are averaged over windows centred inside it."""
     from monai.metrics.regression import compute_ssim_and_cs
 
     a4 = _minmax(a.float()).reshape(-1, 1, *a.shape[-2:])
     b4 = _minmax(b.float()).reshape(-1, 1, *b.shape[-2:])
     s, cs = compute_ssim_and_cs(a4, b4, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5), data_range=1.0)
     shape = a.shape[:-2]
-    return s.mean(dim=(1, 2, 3)).reshape(shape), cs.mean(dim=(1, 2, 3)).reshape(shape)
+    if mask is None:
+        return s.mean(dim=(1, 2, 3)).reshape(shape), cs.mean(dim=(1, 2, 3)).reshape(shape)
+    w = (mask.float()[..., 5:-5, 5:-5] > 0).float().expand_as(s)
+    n = w.sum(dim=(1, 2, 3)).clamp_min(1)
+    return ((s * w).sum(dim=(1, 2, 3)) / n).reshape(shape), ((cs * w).sum(dim=(1, 2, 3)) / n).reshape(shape)
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
-    """{"ncc", "ssim", "css"} between two single images (H, W)."""
-    s, c = ssim_css(a, b)
-    return {"ncc": float(ncc(a, b)), "ssim": float(s), "css": float(c)}
+def similarity(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
+    """{"ncc", "ssim", "css"} between two single images (H, W), inside ``mask`` (1 = use) if given.
+
+    With a mask, pixels outside it are first set to the image's minimum inside it, so that
+    collimated borders do not set SSIM's min–max scale.
+    """
+    if mask is not None:
+        m = mask > 0
+        a = torch.where(m, a, a[m].min())
+        b = torch.where(m, b, b[m].min())
+    s, c = ssim_css(a, b, mask)
+    return {"ncc": float(ncc(a, b, None if mask is None else mask.float())), "ssim": float(s), "css": float(c)}

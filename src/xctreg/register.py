@@ -1,16 +1,24 @@
 """Pose estimation for X-rays with a trained MODEL_DIR: regression, then refinement.
 
-``Registrar(model_dir).register(image)`` gives the pose of an X-ray in the
-model's camera (SPEC §3-5) with no manual start pose: the regressor's
-estimate, refined by gradient descent on the 6 parameters through the
-differentiable renderer (coarse to fine, NCC + gradient NCC, Adam with
-separate rotation and translation learning rates, best pose kept, plateau
-stop). ``refine`` can also be used alone from any start pose.
+``Registrar(model_dir).register(image, geometry)`` gives the pose of an X-ray
+in its camera (SPEC §3-5) with no manual start pose, as a ``Result``:
+
+1. ``preprocess.prepare_xray``: collimated borders are detected and masked, the
+   image is resampled to the model's detector and normalised;
+2. the regressor's estimate;
+3. refinement by gradient descent on the 6 parameters through the
+   differentiable renderer: coarse to fine, a selectable similarity
+   (``xctreg.similarity``), Adam with separate rotation and translation
+   learning rates, the best pose kept, a plateau stop, and restarts around
+   the start when the similarity stays low.
+
+``refine`` can also be used alone from any start pose.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,18 +29,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xctreg.errors import XctregError
-from xctreg.geometry import Camera, Pose, PoseReference, params_to_matrix
 from xctreg._fs import sha256_file
+from xctreg.errors import XctregError
+from xctreg.geometry import Camera, Pose, PoseReference, params_to_matrix, read_camera
 from xctreg.io.volume import Volume, read_volume
-from xctreg.metrics import ncc, similarity
+from xctreg.metrics import similarity
+from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
+from xctreg.similarity import get_similarity
 from xctreg.train import ParamNormalizer, load_model
 
 
 @dataclass
 class Regression:
-    """The regressor's answer: the pose and the seconds it took."""
+    """The regressor's answer: the pose, its parameters (deg, mm) and the seconds it took."""
 
     pose: Pose
     params: np.ndarray
@@ -41,15 +51,28 @@ class Regression:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Coarse-to-fine refinement: image sizes (px, longest side), iterations per level,
-    Adam learning rates (degrees and mm per step), plateau patience and the render mode."""
+    """Coarse-to-fine refinement.
+
+    Attributes:
+        sizes: image sizes (px, longest side) of the levels; capped at the camera's size.
+        iterations: the most Adam steps per level.
+        lr_rot_deg, lr_trans_mm: Adam learning rates (degrees and mm per step) of the first level.
+        lr_decay: the learning rates' factor from one level to the next (finer steps on finer images).
+        patience, min_gain: stop a level after ``patience`` steps without a gain of ``min_gain``.
+        similarity: a name from ``xctreg.similarity.SIMILARITIES``.
+        restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
+            perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
+        render: how refinement renders its DRRs.
+    """
 
     sizes: tuple[int, ...] = (32, 64, 128)
     iterations: tuple[int, ...] = (60, 50, 40)
     lr_rot_deg: float = 0.3
     lr_trans_mm: float = 1.0
+    lr_decay: float = 0.5
     patience: int = 12
     min_gain: float = 1e-4
+    similarity: str = "patch-ncc"
     restarts: int = 3
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
@@ -58,26 +81,15 @@ class RefineConfig:
 
 @dataclass
 class Refinement:
-    """The refined parameters (deg, mm), the final similarity and the iterations used."""
+    """The refined parameters (deg, mm), the final similarity, the iterations used and the
+    trajectory: the parameters at every iteration (K, 6) with their similarity (K,)."""
 
     params: np.ndarray
     similarity: float
     iterations: int
     seconds: float
-
-
-def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    gx = x[..., :-1, 1:] - x[..., :-1, :-1]
-    gy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return gx, gy
-
-
-def ncc_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(NCC + mean of the two gradient NCCs) / 2, in [-1, 1]; the default refinement similarity."""
-    ax, ay = _gradients(a)
-    bx, by = _gradients(b)
-    m = None if mask is None else mask[..., :-1, :-1]
-    return 0.5 * ncc(a, b, mask) + 0.25 * (ncc(ax, bx, m) + ncc(ay, by, m))
+    trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def refine(
@@ -94,12 +106,15 @@ def refine(
     ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the similarity.
     """
     cfg = config or RefineConfig()
+    sim_fn = get_similarity(cfg.similarity)
     t0 = time.perf_counter()
     target = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
     m_full = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
     p = torch.as_tensor(np.asarray(start_params, dtype=np.float64)).reshape(1, 6)
     best_s, total = -2.0, 0
-    for size, iters in zip(cfg.sizes, cfg.iterations, strict=True):
+    path: list[np.ndarray] = []
+    scores: list[float] = []
+    for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
         scale = min(1.0, size / max(camera.height, camera.width))
         h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
         cam = camera.resized(h, w)
@@ -108,14 +123,17 @@ def refine(
         mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
         rot = p[:, :3].clone().requires_grad_(True)
         tr = p[:, 3:].clone().requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [rot], "lr": cfg.lr_rot_deg}, {"params": [tr], "lr": cfg.lr_trans_mm}])
+        f = cfg.lr_decay**level
+        opt = torch.optim.Adam([{"params": [rot], "lr": cfg.lr_rot_deg * f}, {"params": [tr], "lr": cfg.lr_trans_mm * f}])
         best_s, best_p, stale = -2.0, p.clone(), 0
         for _ in range(iters):
             q = torch.cat([rot, tr], 1)
-            s = ncc_gradncc(r(q.float())[0, 0], y, mk)
+            s = sim_fn(r(q.float())[0, 0], y, mk)
             total += 1
-            if float(s.detach()) > best_s + cfg.min_gain:
-                best_s, best_p, stale = float(s.detach()), q.detach().clone(), 0
+            path.append(q.detach()[0].numpy().copy())
+            scores.append(float(s.detach()))
+            if scores[-1] > best_s + cfg.min_gain:
+                best_s, best_p, stale = scores[-1], q.detach().clone(), 0
             else:
                 stale += 1
                 if stale >= cfg.patience:
@@ -124,7 +142,8 @@ def refine(
             (-s).backward()
             opt.step()
         p = best_p
-    return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0)
+    traj = np.asarray(path, dtype=np.float64).reshape(-1, 6)
+    return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0, traj, np.asarray(scores))
 
 
 def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -138,8 +157,58 @@ def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((x - lo) / (hi - lo))[None, None]
 
 
+PARAM_KEYS = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
+
+
+@dataclass
+class Result:
+    """The registration of one X-ray.
+
+    Attributes:
+        pose: the final pose (``T_cam_from_world``, mm) and its parameters (deg, mm).
+        initial: the regressor's pose.
+        similarity: {"ncc", "ssim", "css"} between the X-ray and the final DRR, inside the field.
+        timing_s: {"regress", "refine", "total"} in seconds.
+        iterations: refinement steps (0 without refinement).
+        trajectory: (K, 6) parameters at each refinement step (deg, mm).
+        image: the preprocessed X-ray on the model's detector, [0, 1].
+        mask: 1 where the similarity looked (exposed field, not user-masked).
+        camera: the model camera of ``image`` and ``mask``.
+    """
+
+    pose: Pose
+    initial: Pose
+    similarity: dict[str, float]
+    timing_s: dict[str, float]
+    iterations: int
+    trajectory: np.ndarray
+    image: np.ndarray
+    mask: np.ndarray
+    camera: Camera
+
+    @property
+    def params(self) -> np.ndarray:
+        """The final (rx, ry, rz, tx, ty, tz) in degrees and mm."""
+        return np.asarray(self.pose.params, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The SPEC §5 result object: the pose JSON plus initial, similarity, timing_s and iterations."""
+        return {
+            **self.pose.to_dict(),
+            "initial": self.initial.to_dict(),
+            "similarity": dict(self.similarity),
+            "timing_s": dict(self.timing_s),
+            "iterations": int(self.iterations),
+        }
+
+
 class Registrar:
-    """A trained patient-specific model, loaded once, for many X-rays."""
+    """A trained patient-specific model, loaded once, for many X-rays.
+
+    ``device`` runs the regressor (refinement renders on the CPU kernels or, with
+    ``RefineConfig.render.backend``, torch on any device). ``strict`` refuses a CT
+    whose SHA-256 differs from the one trained on (otherwise a warning).
+    """
 
     def __init__(self, model_dir: str | Path, device: torch.device | str = "cpu", strict: bool = False, ct: Volume | None = None) -> None:
         self.dir = Path(model_dir)
@@ -166,6 +235,39 @@ class Registrar:
             self._ct = read_volume(path, force=True)
         return self._ct
 
+    def prepare(
+        self,
+        image: np.ndarray | torch.Tensor | str | os.PathLike[str],
+        geometry: Camera | dict[str, Any] | str | os.PathLike[str] | None = None,
+        mask: np.ndarray | None = None,
+        preprocess: PreprocessConfig | None = None,
+        transmission: bool = False,
+    ) -> PreparedXray:
+        """Read (if a path), check and preprocess an X-ray onto the model's detector.
+
+        ``geometry``: a Camera, a geometry dict or JSON path; by default the DICOM's own
+        tags, else the model's camera. ``mask``: (H, W), 1 = use the pixel.
+        """
+        cam: Camera | None = None
+        if isinstance(image, (str, os.PathLike)):
+            from xctreg.io import read_xray
+
+            xr = read_xray(image, transmission=transmission)
+            img, cam = xr.image, xr.camera
+        else:
+            img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
+            if transmission:
+                from xctreg.io.xray import transmission_to_attenuation
+
+                img = transmission_to_attenuation(img)
+        if isinstance(geometry, Camera):
+            cam = geometry
+        elif isinstance(geometry, dict):
+            cam = Camera.from_dict(geometry)
+        elif geometry is not None:
+            cam = read_camera(geometry)
+        return prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
+
     @torch.no_grad()
     def attention(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
         """Self-attention map of the model for one X-ray, (H, W) in [0, 1] at the image size."""
@@ -179,27 +281,15 @@ class Registrar:
         return amap[0, 0].clamp(0, 1).float().cpu().numpy()
 
     @torch.no_grad()
-    def regress(self, image: np.ndarray | torch.Tensor, camera: Camera | None = None) -> Regression:
-        """Predict the pose of one X-ray (H, W), bone bright, in the model's camera geometry."""
+    def regress(self, image: np.ndarray | torch.Tensor | PreparedXray) -> Regression:
+        """Predict the pose of one X-ray: a PreparedXray, or an (H, W) bone-bright image on the
+        model's detector."""
         t0 = time.perf_counter()
-        cam = camera or self.camera
-        cam.check_image(tuple(np.shape(image)), name="X-ray")
-        mine, theirs = self.camera, cam
-        same = all(
-            math.isclose(a, b, rel_tol=1e-6)
-            for a, b in [
-                (mine.sdd_mm, theirs.sdd_mm),
-                (mine.pixel_spacing_mm[0] * mine.height, theirs.pixel_spacing_mm[0] * theirs.height),
-                (mine.pixel_spacing_mm[1] * mine.width, theirs.pixel_spacing_mm[1] * theirs.width),
-                ((mine.cx + 0.5) / mine.width, (theirs.cx + 0.5) / theirs.width),
-                ((mine.cy + 0.5) / mine.height, (theirs.cy + 0.5) / theirs.height),
-            ]
-        )
-        if not same:
-            raise XctregError("the X-ray's geometry (sdd, detector size or principal point) differs from the model's; not supported yet")
-        x = normalize_image(image)
-        if x.shape[-2:] != (self.camera.height, self.camera.width):
-            x = F.interpolate(x, size=(self.camera.height, self.camera.width), mode="area")
+        if isinstance(image, PreparedXray):
+            x = torch.as_tensor(image.image)[None, None]
+        else:
+            self.camera.check_image(tuple(np.shape(image)), name="X-ray")
+            x = normalize_image(image)
         q = self.model(x.to(self.device))["params"].float().cpu()
         p = self.norm.denorm(q)[0].double()
         T = params_to_matrix(p, self.reference).numpy()
@@ -207,38 +297,40 @@ class Registrar:
 
     def register(
         self,
-        image: np.ndarray | torch.Tensor,
-        camera: Camera | None = None,
+        image: np.ndarray | torch.Tensor | str | os.PathLike[str],
+        geometry: Camera | dict[str, Any] | str | os.PathLike[str] | None = None,
         refine_pose: bool = True,
         config: RefineConfig | None = None,
         mask: np.ndarray | None = None,
-    ) -> dict[str, Any]:
-        """Regress, then (by default) refine; returns the SPEC §5 result object (pose JSON + extras)."""
+        preprocess: PreprocessConfig | None = None,
+        transmission: bool = False,
+    ) -> Result:
+        """Preprocess, regress, then (by default) refine one X-ray (bone bright unless ``transmission``).
+
+        ``image``: an (H, W) array or a path (.npy, .png, .tif, DICOM); ``geometry``: see
+        ``prepare``; ``mask``: (H, W), 1 = use the pixel. ``Result.to_dict()`` is SPEC §5's JSON.
+        """
         t0 = time.perf_counter()
-        reg = self.regress(image, camera)
-        cam = camera or self.camera
-        params, iters, t_ref = reg.params, 0, 0.0
+        xr = self.prepare(image, geometry, mask, preprocess, transmission)
+        reg = self.regress(xr)
+        params, iters, t_ref, traj = reg.params, 0, 0.0, np.zeros((0, 6))
+        cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
-            ref = refine(self.ct(), image, cam, self.reference, reg.params, cfg, mask)
+            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask)
             rng = np.random.default_rng(0)
             k = 0
             while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
-                alt = refine(self.ct(), image, cam, self.reference, reg.params + d, cfg, mask)
-                alt.iterations += ref.iterations
-                alt.seconds += ref.seconds
-                ref = alt if alt.similarity > ref.similarity else Refinement(ref.params, ref.similarity, alt.iterations, alt.seconds)
+                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask)
+                merged = np.concatenate([ref.trajectory, alt.trajectory])
+                best = alt if alt.similarity > ref.similarity else ref
+                ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
-            params, iters, t_ref = ref.params, ref.iterations, ref.seconds
+            params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = Pose.from_params(params, self.reference)
         with torch.no_grad():
             drr = Renderer(self.ct(), cam, reference=self.reference)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
-        sim = similarity(torch.as_tensor(np.asarray(image, dtype=np.float32)), drr)
-        return {
-            **pose.to_dict(),
-            "initial": reg.pose.to_dict(),
-            "similarity": sim,
-            "timing_s": {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0},
-            "iterations": iters,
-        }
+        sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
+        timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
+        return Result(pose, reg.pose, sim, timing, iters, traj, xr.image, xr.mask, cam)

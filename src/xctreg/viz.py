@@ -35,6 +35,43 @@ def image_grid(
     plt.close(fig)
 
 
+def edges(x: np.ndarray, keep: float = 0.1) -> np.ndarray:
+    """(H, W) bool: the ``keep`` fraction of pixels with the strongest gradient."""
+    x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
+    gy, gx = np.gradient(x)
+    g = np.hypot(gx, gy)
+    return g > np.quantile(g, 1.0 - keep)
+
+
+def _grey_rgb(image: np.ndarray) -> np.ndarray:
+    x = np.asarray(image, dtype=np.float64)
+    x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
+    return np.repeat((x * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def registration_animation(
+    image: np.ndarray, drrs: Sequence[np.ndarray], labels: Sequence[str], path: str | os.PathLike[str], min_size: int = 256, ms_per_frame: int = 120
+) -> None:
+    """An animated GIF: the X-ray (grey) with the edges of each DRR in turn (green, the first in red
+    throughout), one frame per DRR with its label, written atomically."""
+    from PIL import Image, ImageDraw
+
+    base = _grey_rgb(image)
+    first = edges(np.asarray(drrs[0]))
+    zoom = max(1, -(-min_size // max(base.shape[:2])))
+    frames = []
+    for drr, label in zip(drrs, labels, strict=True):
+        rgb = base.copy()
+        rgb[first] = (0.5 * rgb[first] + 0.5 * np.array([255, 60, 60])).astype(np.uint8)
+        e = edges(np.asarray(drr))
+        rgb[e] = (60, 255, 60)
+        im = Image.fromarray(np.kron(rgb, np.ones((zoom, zoom, 1), dtype=np.uint8)))
+        ImageDraw.Draw(im).text((4, 4), label, fill=(255, 255, 0))
+        frames.append(im.convert("P", palette=Image.Palette.ADAPTIVE))
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+
+
 def registration_overlay(
     image: np.ndarray, drr_initial: np.ndarray, drr_final: np.ndarray, path: str | os.PathLike[str], title: str = ""
 ) -> None:
@@ -43,12 +80,6 @@ def registration_overlay(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    def edges(x: np.ndarray) -> np.ndarray:
-        x = (x - x.min()) / max(float(np.ptp(x)), 1e-12)
-        gy, gx = np.gradient(x)
-        g = np.hypot(gx, gy)
-        return g > np.quantile(g, 0.9)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(np.asarray(image), cmap="gray")

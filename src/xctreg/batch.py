@@ -1,0 +1,148 @@
+"""Registering X-ray files: one or many with one loaded model, their outputs and a summary CSV.
+
+``find_xrays`` turns a file, a folder or a glob into a sorted list of X-ray
+files; ``write_outputs`` writes a ``Result``'s JSON, overlay PNG and
+trajectory GIF; ``register_files`` runs a list through one ``Registrar`` and
+writes ``summary.csv`` (one row per X-ray, failures included).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xctreg._fs import atomic_path, write_json
+from xctreg.errors import XctregError
+
+XRAY_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def find_xrays(spec: str | os.PathLike[str]) -> list[Path]:
+    """The X-ray files named by ``spec``: a file, a folder (its X-ray files, not recursive) or a glob."""
+    p = Path(spec)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if _is_xray_name(f))
+        if not files:
+            raise XctregError(f"no X-ray files (.npy, .png, .tif, .dcm) in {p}")
+        return files
+    if glob.has_magic(str(spec)):
+        files = sorted(Path(f) for f in glob.glob(str(spec)) if _is_xray_name(Path(f)))
+        if not files:
+            raise XctregError(f"no X-ray files match {spec}")
+        return files
+    raise XctregError(f"X-ray not found: {p}")
+
+
+def _is_xray_name(f: Path) -> bool:
+    """A visible file with an X-ray suffix, or none (DICOM files often have none)."""
+    return f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in XRAY_SUFFIXES or not f.suffix)
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0] or path.name
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one X-ray's outputs go (None = not written)."""
+
+    result: Path
+    overlay: Path | None = None
+    animation: Path | None = None
+
+
+def write_outputs(result: Any, registrar: Any, outputs: Outputs, title: str = "", frames: int = 40) -> None:
+    """Write a ``Result``'s JSON and, if asked, its overlay PNG (DRR edges at the initial and final
+    pose) and its animated GIF (DRR edges along the refinement trajectory, up to ``frames``)."""
+    from xctreg.render import Renderer
+    from xctreg.viz import registration_animation, registration_overlay
+
+    write_json(outputs.result, result.to_dict())
+    if outputs.overlay is None and outputs.animation is None:
+        return
+    r = Renderer(registrar.ct(), result.camera, reference=registrar.reference)
+    start = result.initial.params
+    if outputs.overlay is not None:
+        with torch.no_grad():
+            pair = r(torch.as_tensor(np.stack([start, result.params]), dtype=torch.float32))[:, 0].numpy()
+        registration_overlay(result.image, pair[0], pair[1], outputs.overlay, title=f"{title}: initial (red), final (green)")
+    if outputs.animation is not None:
+        traj = np.concatenate([start[None], result.trajectory, result.params[None]])
+        pick = np.unique(np.linspace(0, len(traj) - 1, min(frames, len(traj))).round().astype(int))
+        with torch.no_grad():
+            drrs = torch.cat([r(torch.as_tensor(traj[pick[i : i + 16]], dtype=torch.float32)) for i in range(0, len(pick), 16)])
+        labels = ["regressor" if k == 0 else ("final" if k == len(traj) - 1 else f"step {k}") for k in pick]
+        registration_animation(result.image, list(drrs[:, 0].numpy()), labels, outputs.animation)
+
+
+SUMMARY_FIELDS = (
+    "xray", "status", "rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm",
+    "ncc", "ssim", "css", "iterations", "seconds", "result", "error",
+)  # fmt: skip
+
+
+def summary_row(path: Path, result: Any = None, out: Path | None = None, error: str = "") -> dict[str, Any]:
+    """One row of summary.csv for an X-ray: its pose and similarity, or its error."""
+    row: dict[str, Any] = {k: "" for k in SUMMARY_FIELDS}
+    row["xray"] = str(path)
+    if result is None:
+        row.update(status="error", error=error)
+        return row
+    p = result.to_dict()
+    row.update(status="ok", **{k: f"{v:.6g}" for k, v in p["params"].items()})
+    row.update({k: f"{v:.4f}" for k, v in p["similarity"].items()})
+    row.update(iterations=p["iterations"], seconds=f"{p['timing_s']['total']:.3f}", result=str(out or ""))
+    return row
+
+
+def write_summary(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
+    """Write summary.csv atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def register_files(
+    registrar: Any,
+    files: list[Path],
+    out_dir: Path,
+    overlay_dir: Path | None = None,
+    animate_dir: Path | None = None,
+    on_done: Callable[[Path, dict[str, Any]], None] | None = None,
+    **register_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Register each file; write ``<stem>.result.json`` and ``summary.csv`` in ``out_dir`` (and
+    ``<stem>.overlay.png`` in ``overlay_dir``, ``<stem>.gif`` in ``animate_dir`` when given).
+    A file that fails is reported in its row; the others go on."""
+    rows: list[dict[str, Any]] = []
+    stems = [_stem(f) for f in files]
+    dup = {s for s in stems if stems.count(s) > 1}
+    for f, stem in zip(files, stems, strict=True):
+        name = f.name.replace(".", "_") if stem in dup else stem
+        outs = Outputs(out_dir / f"{name}.result.json", overlay_dir / f"{name}.overlay.png" if overlay_dir else None,
+                       animate_dir / f"{name}.gif" if animate_dir else None)  # fmt: skip
+        try:
+            res = registrar.register(f, **register_kwargs)
+            write_outputs(res, registrar, outs, title=f.name)
+            row = summary_row(f, res, outs.result)
+        except XctregError as exc:
+            row = summary_row(f, error=str(exc).splitlines()[0])
+        rows.append(row)
+        if on_done is not None:
+            on_done(f, row)
+    write_summary(out_dir / "summary.csv", rows)
+    return rows

@@ -1,0 +1,178 @@
+"""Real X-ray preprocessing before registration: field detection, resampling, normalisation.
+
+The X-ray arrives as an (H, W) attenuation image (bone bright; ``io.read_xray``
+has already applied −log to transmission images and honoured MONOCHROME1).
+``prepare_xray`` then:
+
+1. finds the collimated borders (``detect_field``) and masks them out of the
+   similarity; systems show them black or saturated white, both are found;
+2. combines that with an optional user mask;
+3. resamples image and mask onto the model's detector (``resample_to_camera``)
+   when the X-ray was taken with another detector size, pixel spacing, SDD
+   or principal point (same source, so the pose is unchanged);
+4. normalises the intensities inside the field to [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xctreg.errors import XctregError
+from xctreg.geometry import Camera
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Options of ``prepare_xray``.
+
+    Attributes:
+        collimator: detect collimated borders and mask them out.
+        flat_tol: a border pixel is "flat" when its 3x3 neighbourhood varies by at most this
+            fraction of the image's range, and "extreme" when it is this close to the min or max.
+        min_area: the smallest collimated region, as a fraction of the image.
+        margin_px: pixels of the field's edge (collimator penumbra) also left out.
+        min_field: the field must keep at least this fraction of the image.
+    """
+
+    collimator: bool = True
+    flat_tol: float = 5e-4
+    min_area: float = 0.005
+    margin_px: int = 2
+    min_field: float = 0.05
+
+
+@dataclass
+class PreparedXray:
+    """An X-ray ready for registration on the model's detector.
+
+    Attributes:
+        image: (H, W) float32 in [0, 1] inside the field, bone bright.
+        mask: (H, W) float32, 1 where the similarity may look (exposed field and not user-masked).
+        camera: the model camera the image now lives on.
+        field_fraction: the share of the image's pixels inside the mask.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    camera: Camera
+    field_fraction: float
+
+
+def detect_field(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """(H, W) bool, True inside the exposed field, False on collimated borders.
+
+    Collimated borders are flat regions at the image's minimum (black shutters) or
+    maximum (saturated white) that touch the image's edge and cover at least
+    ``min_area`` of it; textured regions (anatomy, noisy air) are never taken for them.
+    """
+    from scipy import ndimage
+
+    cfg = config or PreprocessConfig()
+    x = np.asarray(image, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    span = hi - lo
+    if not span > 0:
+        return np.ones(x.shape, dtype=bool)
+    tol = cfg.flat_tol * span
+    flat = (ndimage.maximum_filter(x, 3) - ndimage.minimum_filter(x, 3)) <= tol
+    outside = np.zeros(x.shape, dtype=bool)
+    for extreme in (lo, hi):
+        labels, n = ndimage.label(flat & (np.abs(x - extreme) <= tol))
+        if n == 0:
+            continue
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        for lab in edge[edge > 0]:
+            if areas[lab] >= cfg.min_area * x.size:
+                outside |= labels == lab
+    if not outside.any():
+        return np.ones(x.shape, dtype=bool)
+    # the 3x3 flatness test misses the shutter's last pixel row next to the field: add it back
+    outside = ndimage.binary_dilation(outside, structure=np.ones((3, 3), dtype=bool))
+    field = ~outside
+    if cfg.margin_px > 0:
+        field = ndimage.binary_erosion(field, iterations=cfg.margin_px, border_value=1)
+    return field
+
+
+def resample_to_camera(image: np.ndarray, source: Camera, target: Camera, order: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
+    """Resample an (H, W) image taken with ``source`` onto the detector of ``target``.
+
+    Both detectors see from the same source along the same principal ray, so a
+    target pixel u maps to u_s = fx_s / fx_t · (u − cx_t) + cx_s (and likewise for v):
+    the pose of the X-ray is unchanged. Returns the image (target.height, target.width)
+    and a validity mask (1 where the target pixel falls on the source detector).
+    Downsampling is anti-aliased with a Gaussian.
+    """
+    source.check_image(tuple(np.shape(image)), name="X-ray")
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
+    su, sv = source.fx / target.fx, source.fy / target.fy  # source pixels per target pixel
+    if max(su, sv) > 1.25:
+        import kornia
+
+        sig = (max(0.5 * math.sqrt(max(su**2 - 1, 0)), 1e-3), max(0.5 * math.sqrt(max(sv**2 - 1, 0)), 1e-3))
+        k = tuple(2 * math.ceil(3 * s) + 1 for s in (sig[1], sig[0]))
+        x = kornia.filters.gaussian_blur2d(x, k, (sig[1], sig[0]), border_type="replicate")
+    u = (torch.arange(target.width, dtype=torch.float64) - target.cx) * su + source.cx
+    v = (torch.arange(target.height, dtype=torch.float64) - target.cy) * sv + source.cy
+    gu = 2 * u / max(source.width - 1, 1) - 1
+    gv = 2 * v / max(source.height - 1, 1) - 1
+    grid = torch.stack(torch.meshgrid(gv, gu, indexing="ij")[::-1], dim=-1)[None].float()
+    out = F.grid_sample(x, grid, mode=order, padding_mode="border", align_corners=True)[0, 0]
+    valid = ((u >= -0.5) & (u <= source.width - 0.5))[None, :] & ((v >= -0.5) & (v <= source.height - 0.5))[:, None]
+    return out.numpy(), valid.numpy().astype(np.float32)
+
+
+def same_detector(a: Camera, b: Camera) -> bool:
+    """True when the two cameras have the same size, pixel spacing, SDD and principal point."""
+    return (a.height, a.width) == (b.height, b.width) and all(
+        math.isclose(p, q, rel_tol=1e-6, abs_tol=1e-9)
+        for p, q in [(a.sdd_mm, b.sdd_mm), (a.pixel_spacing_mm[0], b.pixel_spacing_mm[0]),
+                     (a.pixel_spacing_mm[1], b.pixel_spacing_mm[1]), (a.cx, b.cx), (a.cy, b.cy)]
+    )  # fmt: skip
+
+
+def prepare_xray(
+    image: np.ndarray,
+    camera: Camera,
+    model_camera: Camera,
+    config: PreprocessConfig | None = None,
+    mask: np.ndarray | None = None,
+) -> PreparedXray:
+    """Field detection, user mask (1 = use), resampling to ``model_camera`` and [0, 1] normalisation.
+
+    Raises XctregError for a blank or non-finite image, or when almost nothing is left to compare.
+    """
+    cfg = config or PreprocessConfig()
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 2:
+        raise XctregError(f"expected a 2D X-ray, got shape {x.shape}")
+    camera.check_image(x.shape, name="X-ray")
+    if not np.isfinite(x).all():
+        raise XctregError("the X-ray has non-finite pixels (NaN or inf)")
+    if float(np.ptp(x)) <= 1e-8 * max(1.0, float(np.abs(x).max())):
+        raise XctregError("the X-ray is blank (constant)")
+    keep = detect_field(x, cfg).astype(np.float32) if cfg.collimator else np.ones_like(x)
+    if mask is not None:
+        if np.shape(mask) != x.shape:
+            raise XctregError(f"the mask is {np.shape(mask)[0]}x{np.shape(mask)[1]} px but the X-ray is {x.shape[0]}x{x.shape[1]}")
+        keep = keep * (np.asarray(mask) > 0)
+    if not same_detector(camera, model_camera):
+        x, valid = resample_to_camera(x, camera, model_camera)
+        keep, _ = resample_to_camera(keep, camera, model_camera)
+        keep = (keep > 0.999) * valid
+    keep = keep.astype(np.float32)
+    frac = float(keep.mean())
+    if frac < cfg.min_field:
+        raise XctregError(f"only {frac:.1%} of the X-ray is left to compare after collimator and mask (need {cfg.min_field:.0%})")
+    inside = x[keep > 0]
+    lo, hi = float(inside.min()), float(inside.max())
+    if hi - lo <= 1e-8 * max(1.0, abs(hi)):
+        raise XctregError("the X-ray is blank (constant) inside its exposed field")
+    y = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return PreparedXray(y, keep, model_camera, frac)

@@ -1,0 +1,105 @@
+"""Differentiable image similarities for refinement: higher is better, at most 1.
+
+Each function takes two images ``a`` (moving: the DRR), ``b`` (fixed: the
+X-ray), both (..., H, W), and an optional
+``mask`` (..., H, W; 1 = use the pixel, 0 = ignore it) and returns a tensor of
+the leading shape. ``get_similarity(name)`` picks one by the names that
+``RefineConfig.similarity`` and ``xctreg register --similarity`` accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from xctreg.errors import XctregError
+from xctreg.metrics import ncc
+
+Similarity = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along columns and rows, both cropped to (H-1, W-1)."""
+    return x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
+
+
+def gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient NCC: the mean of the NCCs of the horizontal and the vertical image gradients."""
+    ax, ay = _gradients(a)
+    bx, by = _gradients(b)
+    if mask is None:
+        return 0.5 * (ncc(ax, bx) + ncc(ay, by))
+    # a difference counts only when both of its pixels are inside the mask
+    mx = mask[..., :-1, :-1] * mask[..., :-1, 1:]
+    my = mask[..., :-1, :-1] * mask[..., 1:, :-1]
+    return 0.5 * (ncc(ax, bx, mx) + ncc(ay, by, my))
+
+
+def ncc_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(NCC + gradient NCC) / 2: global intensity agreement plus edge alignment."""
+    return 0.5 * ncc(a, b, mask) + 0.5 * gradncc(a, b, mask)
+
+
+def patch_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9) -> torch.Tensor:
+    """Local NCC in ``patch`` x ``patch`` windows (stride patch // 2), averaged over the windows
+    that are mostly inside the mask and not flat in ``b`` (the fixed image, the X-ray);
+    insensitive to slow intensity trends (scatter, heel effect)."""
+    shape = a.shape[:-2]
+    a4 = a.reshape(-1, 1, *a.shape[-2:])
+    b4 = b.reshape(-1, 1, *b.shape[-2:])
+    m4 = torch.ones_like(a4) if mask is None else mask.reshape(-1, 1, *mask.shape[-2:]).expand_as(a4).to(a4)
+    k, s = patch, max(1, patch // 2)
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, k, s)
+
+    w = pool(m4)
+    wn = w.clamp_min(1e-6)
+    ma, mb = pool(m4 * a4) / wn, pool(m4 * b4) / wn
+    va = (pool(m4 * a4 * a4) / wn - ma * ma).clamp_min(0)
+    vb = (pool(m4 * b4 * b4) / wn - mb * mb).clamp_min(0)
+    cov = pool(m4 * a4 * b4) / wn - ma * mb
+    # windows that are flat in the fixed image (air, shutters) carry no structure: left out;
+    # a tiny floor keeps flat windows of the moving image finite
+    ga = a4.flatten(1).var(1).reshape(-1, 1, 1, 1)
+    gb = b4.flatten(1).var(1).reshape(-1, 1, 1, 1)
+    local = cov / ((va + 1e-6 * ga) * (vb + 1e-6 * gb)).sqrt()
+    keep = ((w > 0.75) & (vb > 1e-3 * gb)).to(a4)
+    return ((local * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)).reshape(shape)
+
+
+def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, levels: int = 3) -> torch.Tensor:
+    """The mean of the NCCs at full, half and quarter resolution (``levels`` scales)."""
+    shape = a.shape[:-2]
+    a4 = a.reshape(-1, 1, *a.shape[-2:])
+    b4 = b.reshape(-1, 1, *b.shape[-2:])
+    m4 = None if mask is None else mask.reshape(-1, 1, *mask.shape[-2:]).expand_as(a4).to(a4)
+    total = torch.zeros(a4.shape[0], 1, dtype=a4.dtype, device=a4.device)
+    for level in range(levels):
+        if level:
+            if min(a4.shape[-2:]) < 8:
+                levels = level
+                break
+            a4, b4 = F.avg_pool2d(a4, 2), F.avg_pool2d(b4, 2)
+            m4 = None if m4 is None else (F.avg_pool2d(m4, 2) > 0.999).to(a4)
+        total = total + ncc(a4, b4, m4)
+    return (total / levels).reshape(shape)
+
+
+SIMILARITIES: dict[str, Similarity] = {
+    "ncc": ncc,
+    "gradncc": gradncc,
+    "ncc+gradncc": ncc_gradncc,
+    "patch-ncc": patch_ncc,
+    "multiscale-ncc": multiscale_ncc,
+}
+
+
+def get_similarity(name: str) -> Similarity:
+    """The similarity called ``name`` (one of ``SIMILARITIES``)."""
+    try:
+        return SIMILARITIES[name]
+    except KeyError:
+        raise XctregError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}") from None
