@@ -132,8 +132,9 @@ def test_python_api_result(model_dir, tmp_path) -> None:
     fast = xctreg.register.RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=0)
     a = reg.register(tmp_path / "x.npy", geom, config=fast)
     b = reg.register(img, other, config=fast)
+    c = reg.register(np.exp(-img / img.max() * 3), other, config=fast, transmission=True)  # raw intensities
     assert isinstance(a, xctreg.Result) and a.image.shape == (32, 32) and a.camera == reg.camera
-    assert np.allclose(a.params, b.params)
+    assert np.allclose(a.params, b.params) and np.allclose(a.params, c.params, atol=0.05)
     assert a.iterations == len(a.trajectory) > 0 and a.trajectory.shape[1] == 6
     d = a.to_dict()
     assert set(d) == {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations"}
