@@ -69,6 +69,18 @@ def _progress(label: str | None, transient: bool = True):  # noqa: ANN202 - rich
     return Progress(text, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=transient)
 
 
+def _named_tasks(bar):  # noqa: ANN001, ANN202 - rich Progress -> progress(name, done, total)
+    """A progress callback that opens one bar per task name."""
+    tasks: dict[str, int] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    return progress
+
+
 @data_app.command("chest")
 def data_chest(
     refresh: Annotated[bool, typer.Option("--refresh", help="Download again even if cached.")] = False,
@@ -256,30 +268,15 @@ def augment_preview(
     force: Annotated[bool, typer.Option("--force")] = False,
 ) -> None:
     """Save a grid of clean DRRs (top row) and augmented versions (two rows below)."""
-    import numpy as np
-    import torch
-
-    from xctreg.data.augment import AugmentConfig, augment, clean_image
-    from xctreg.data.poses import sample_poses
+    from xctreg.data.augment import preview_rows
     from xctreg.io import read_volume
-    from xctreg.render import Renderer
     from xctreg.viz import image_grid
 
     cam = _preset_camera(preset)
     if not 1 <= n <= 32:
         raise XctregError("--n must be between 1 and 32")
     vol = read_volume(ct, force=force)
-    r = Renderer(vol, cam)
-    p = torch.as_tensor(sample_poses(n, seed=seed), dtype=torch.float32)
-    with torch.no_grad():
-        L = r.line_integrals(p)
-    T = r.poses_to_matrix(p)
-    iso = torch.tensor(r.reference.isocenter_mm)
-    half = torch.tensor(np.ptp(vol.corners_world(), axis=0) / 2.0)
-    g = torch.Generator().manual_seed(seed)
-    cfg = AugmentConfig().scaled(strength)
-    rows = [clean_image(L)[:, 0].numpy()] + [augment(L, cfg, g, T, cam, iso, half)[:, 0].numpy() for _ in range(2)]
-    image_grid([list(x) for x in rows], out, ["clean DRR", "augmented", "augmented"])
+    image_grid(preview_rows(vol, cam, n, strength, seed), out, ["clean DRR", "augmented", "augmented"])
     _echo(f"wrote {out}: {n} clean DRRs and {2 * n} augmented ones (strength {strength:g})")
 
 
@@ -313,13 +310,7 @@ def train(
     dev = resolve_device(device)
     vol = read_volume(ct, force=force)
     with _progress(None, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done, total=total)
-
+        progress = _named_tasks(bar)
         trainer = Trainer(vol, out, cfg, ct_path=ct, device=dev, log=bar.console.print)
         res = trainer.fit(resume=resume, progress=progress, tensorboard=tensorboard)
     _echo(
@@ -458,6 +449,31 @@ def register_cmd(
         for r in failed:
             _echo(f"  failed: {r['xray']}: {r['error']}")
         raise XctregError(f"{len(failed)} of {len(rows)} X-rays failed (see {out_dir}/summary.csv)")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (a rerun continues an interrupted training).")] = Path("xctreg-demo"),
+    fast: Annotated[bool, typer.Option("--fast", help="A smoke run in about a minute: tiny phantom, 32² X-rays, 8 training steps.")] = False,
+    n_eval: Annotated[int, typer.Option("--n", help="Held-out simulated X-rays to evaluate.")] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Run the pipeline end to end on the embedded phantom (simulate, train, register, evaluate);
+    write report.html."""
+    from xctreg.demo import DemoConfig, run_demo
+    from xctreg.runtime import resolve_device
+
+    if n_eval < 1:
+        raise XctregError("--n must be >= 1")
+    cfg = DemoConfig(out=out, fast=fast, n_eval=n_eval, seed=seed, device=str(resolve_device(device)))
+    with _progress(None, transient=False) as bar:
+        res = run_demo(cfg, log=bar.console.print, progress=_named_tasks(bar))
+    m = res.metrics
+    _echo(
+        f"demo done in {res.seconds / 60:.1f} min: {m['n']} held-out X-rays, median mTRE {m['median_mtre_mm']:.2f} mm, "
+        f"SR@10mm {m['sr_10mm']:.0%}, SR@1mm {m['sr_1mm']:.0%}, {m['seconds_per_xray']:.1f} s per X-ray -> {res.report}"
+    )
 
 
 def run(argv: list[str] | None = None) -> int:

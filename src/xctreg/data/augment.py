@@ -23,9 +23,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from xctreg.geometry import Camera, backproject, pixel_grid
+from xctreg.io.volume import Volume
 from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
 from xctreg.physics.spectrum import Spectrum, tube_spectrum
 from xctreg.render.rays import ray_box_interval
@@ -254,3 +256,22 @@ def augment(
 def clean_image(L: torch.Tensor) -> torch.Tensor:
     """The un-augmented image: 90 kVp, no detector effects, normalised to [0, 1]."""
     return normalize(-torch.log(beer_lambert(L.float(), _spectrum(90.0)).clamp_min(1e-12)))
+
+
+def preview_rows(volume: Volume, camera: Camera, n: int = 8, strength: float = 1.0, seed: int = 0) -> list[list[np.ndarray]]:
+    """Rows of (H, W) images for a preview grid: ``n`` clean DRRs at random poses, then two rows
+    of augmented versions of the same poses (``strength`` 0..1, seeded)."""
+    from xctreg.data.poses import sample_poses
+    from xctreg.render import Renderer
+
+    r = Renderer(volume, camera)
+    p = torch.as_tensor(sample_poses(n, seed=seed), dtype=torch.float32)
+    with torch.no_grad():
+        L = r.line_integrals(p)
+    T = r.poses_to_matrix(p)
+    iso = torch.tensor(r.reference.isocenter_mm)
+    half = torch.tensor(np.ptp(volume.corners_world(), axis=0) / 2.0)
+    g = torch.Generator().manual_seed(seed)
+    cfg = AugmentConfig().scaled(strength)
+    rows = [clean_image(L)[:, 0].numpy()] + [augment(L, cfg, g, T, camera, iso, half)[:, 0].numpy() for _ in range(2)]
+    return [list(x) for x in rows]
