@@ -228,7 +228,7 @@ def test_on_the_fly_dataset_renders_fresh_poses(small_phantom) -> None:
     r = Renderer(small_phantom, CAM)
     ds = OnTheFlyDataset(r, lambda n, rng: sample_poses(n, seed=int(rng.integers(1 << 30))), batch=3, seed=1)
     it = iter(ds)
-    (L1, p1), (L2, p2) = next(it), next(it)
+    (L1, p1), (_, p2) = next(it), next(it)
     assert L1.shape == (3, 3, 32, 32) and p1.shape == (3, 6)
     assert not torch.equal(p1, p2)  # new poses every batch
     torch.testing.assert_close(L1, r.line_integrals(p1))  # the images are those of the labels

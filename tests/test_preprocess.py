@@ -110,3 +110,23 @@ def test_noise_free_air_at_the_border_is_left_out_not_anatomy(small_phantom) -> 
     field = detect_field(img, PreprocessConfig(margin_px=0))
     assert 0.8 < field.mean() < 1.0
     assert (img[~field] < 0.05 * img.max()).mean() > 0.95  # air (and the 1-px edge next to it)
+
+
+def test_prepare_bad_inputs(noisy) -> None:
+    img, cam, _ = noisy
+    with pytest.raises(XctregError, match="blank"):
+        prepare_xray(np.zeros((96, 96), np.float32), cam, cam)
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(XctregError, match="non-finite"):
+        prepare_xray(bad, cam, cam)
+    with pytest.raises(XctregError, match="geometry says"):
+        prepare_xray(img[:80], cam, cam)
+    with pytest.raises(XctregError, match="mask is 10x10"):
+        prepare_xray(img, cam, cam, mask=np.ones((10, 10)))
+    tiny = np.where(_disk(96, 96, 8), img, img.min()).astype(np.float32)
+    with pytest.raises(XctregError, match="left to compare"):
+        prepare_xray(tiny, cam, cam)
+    flat_field = np.where(_disk(96, 96, 30), 1.0, 0.0).astype(np.float32)  # only shutter and a constant disk
+    with pytest.raises(XctregError, match="blank"):
+        prepare_xray(flat_field, cam, cam)

@@ -17,7 +17,6 @@ in its camera (SPEC §3-5) with no manual start pose, as a ``Result``:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
