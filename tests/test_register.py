@@ -171,5 +171,8 @@ def test_register_folder_summary_and_animation(cli, model_dir, tmp_path) -> None
     assert res.code == 0, res.err
     assert json.loads((tmp_path / "one.json").read_text())["iterations"] == 0
     assert Image.open(tmp_path / "one.gif").n_frames == 2  # regressor and final, the same pose
+    (tmp_path / "into").mkdir()  # --out an existing folder: the result goes inside it
+    assert cli("register", m, xr / "x0.png", "--out", tmp_path / "into", "--no-refine").code == 0
+    assert (tmp_path / "into" / "x0.result.json").is_file()
     assert_one_line_error(cli("register", m, str(xr / "*.tif")), "no X-ray files match")
     assert_one_line_error(cli("register", m, xr / "x0.png", "--similarity", "mi"), "unknown similarity")

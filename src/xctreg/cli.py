@@ -420,7 +420,8 @@ def register_cmd(
         if len(files) == 1 and not Path(xray).is_dir():
             f = files[0]
             res = reg.register(f, **kwargs)
-            out = out or f.with_name(f.name.split(".")[0] + ".result.json")
+            name = f.name.split(".")[0] + ".result.json"
+            out = out / name if out is not None and out.is_dir() else (out or f.with_name(name))
             for w in caught:
                 print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
             caught.clear()
