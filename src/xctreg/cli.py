@@ -418,8 +418,11 @@ def register_cmd(
         warnings.simplefilter("always")
         reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
         if len(files) == 1 and not Path(xray).is_dir():
+            from rich.console import Console
+
             f = files[0]
-            res = reg.register(f, **kwargs)
+            with Console(stderr=True).status(f"registering {f.name} ..."):
+                res = reg.register(f, **kwargs)
             name = f.name.split(".")[0] + ".result.json"
             out = out / name if out is not None and out.is_dir() else (out or f.with_name(name))
             for w in caught:
