@@ -65,13 +65,12 @@ class Outputs:
 def write_outputs(result: Any, registrar: Any, outputs: Outputs, title: str = "", frames: int = 40) -> None:
     """Write a ``Result``'s JSON and, if asked, its overlay PNG (DRR edges at the initial and final
     pose) and its animated GIF (DRR edges along the refinement trajectory, up to ``frames``)."""
-    from xctreg.render import Renderer
     from xctreg.viz import registration_animation, registration_overlay
 
     write_json(outputs.result, result.to_dict())
     if outputs.overlay is None and outputs.animation is None:
         return
-    r = Renderer(registrar.ct(), result.camera, reference=registrar.reference)
+    r = registrar.renderer(result.camera)
     start = result.initial.params
     if outputs.overlay is not None:
         with torch.no_grad():

@@ -99,10 +99,13 @@ def refine(
     start_params: np.ndarray,
     config: RefineConfig | None = None,
     mask: np.ndarray | None = None,
+    renderers: dict[Any, Renderer] | None = None,
 ) -> Refinement:
     """Refine pose parameters (deg, mm) so that the DRR matches ``image`` (H, W, bone bright).
 
     ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the similarity.
+    ``renderers``: a dict kept between calls on the same volume and reference, so that the
+    renderer of each level (its pyramid level and material volumes) is built once.
     """
     cfg = config or RefineConfig()
     sim_fn = get_similarity(cfg.similarity)
@@ -117,7 +120,12 @@ def refine(
         scale = min(1.0, size / max(camera.height, camera.width))
         h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
         cam = camera.resized(h, w)
-        r = Renderer(volume, cam, cfg.render, reference=reference)
+        key = (cam, cfg.render)
+        r = renderers.get(key) if renderers is not None else None
+        if r is None:
+            r = Renderer(volume, cam, cfg.render, reference=reference)
+            if renderers is not None:
+                renderers[key] = r
         y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
         mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
         rot = p[:, :3].clone().requires_grad_(True)
@@ -218,6 +226,15 @@ class Registrar:
         self.norm = ParamNormalizer(self.cfg.ranges)
         self._ct = ct
         self.strict = strict
+        self._renderers: dict[Any, Renderer] = {}
+
+    def renderer(self, camera: Camera | None = None, config: RenderConfig | None = None) -> Renderer:
+        """A renderer of the model's CT (default: the model's camera, default physics), built once."""
+        cam, cfg = camera or self.camera, config or RenderConfig()
+        key = (cam, cfg)
+        if key not in self._renderers:
+            self._renderers[key] = Renderer(self.ct(), cam, cfg, reference=self.reference)
+        return self._renderers[key]
 
     def ct(self) -> Volume:
         """The CT the model was trained on (read from config.json's path; SHA-256 checked)."""
@@ -316,12 +333,12 @@ class Registrar:
         cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
-            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask)
+            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers)
             rng = np.random.default_rng(0)
             k = 0
             while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
-                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask)
+                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
@@ -329,7 +346,7 @@ class Registrar:
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = Pose.from_params(params, self.reference)
         with torch.no_grad():
-            drr = Renderer(self.ct(), cam, reference=self.reference)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
+            drr = self.renderer(cam)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
         sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
         timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
         return Result(pose, reg.pose, sim, timing, iters, traj, xr.image, xr.mask, cam)
