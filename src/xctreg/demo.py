@@ -123,7 +123,7 @@ def _training_curve(log_csv: Path, out: Path) -> None:
     ax[0].set(xlabel="step", ylabel="training loss", yscale="log")
     if val:
         ax[1].plot(*zip(*val, strict=True), "o-", ms=3)
-    ax[1].set(xlabel="step", ylabel="val median mTRE (mm)")
+    ax[1].set(xlabel="step", ylabel="val median mTRE (mm), regressor")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
@@ -244,7 +244,9 @@ regressor, then refinement by differentiable rendering.</p>
 {figs}
 <figure>{_img(out / 'results' / 'attention.png', 'attention', 320)}<figcaption>The regressor's self-attention on xray_0.</figcaption></figure>
 <h2>Training</h2>
-<figure>{_img(out / 'training.png', 'training')}<figcaption>Training loss and validation median mTRE.</figcaption></figure>
+<figure>{_img(out / 'training.png', 'training')}<figcaption>Training loss (it jumps where the curriculum moves to a
+wider pose range and stronger augmentation) and the median mTRE of the regressor alone on the augmented validation
+DRRs of the current stage (harder than the held-out X-rays above).</figcaption></figure>
 <figure>{_img(out / 'augmentation.png', 'augmentation')}<figcaption>Training data: clean DRRs (top) and augmented
 ones (kVp, contrast, noise, blur, scatter, instruments, collimation).</figcaption></figure>
 <h2>Files</h2>
