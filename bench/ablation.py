@@ -51,7 +51,6 @@ def main() -> None:
     from xctreg.data.phantom import make_phantom
     from xctreg.evaluate import evaluate
     from xctreg.io import read_volume, write_volume
-    from xctreg.models import ModelConfig
     from xctreg.runtime import resolve_device
     from xctreg.train import Trainer, preset, quick_test_config
 
@@ -73,7 +72,7 @@ def main() -> None:
     table: dict[str, dict] = {}
     shared = None
     for name, variant, curriculum in ROWS:
-        cfg = replace(base, model=ModelConfig(**{**base.model.__dict__, "variant": variant}), curriculum=curriculum)
+        cfg = replace(base, model=replace(base.model, variant=variant), curriculum=curriculum)
         d = out / name.replace("[", "").replace("]", "").replace("*", "_incremental")
         if not curriculum and shared is not None and not (d / "data").exists():
             d.mkdir(parents=True, exist_ok=True)

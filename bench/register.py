@@ -1,7 +1,7 @@
 """Registration time per X-ray on the chest CT: regressor and refinement apart.
 
     python bench/register.py [--n 5] [--preset quick] [--model-dir DIR] [--device auto]
-                             [--similarity ncc+gradncc[,patch-ncc,...]] [--collimator]
+                             [--similarity patch-ncc[,ncc+gradncc,...]] [--collimator]
 
 Targets are polyenergetic, noisy DRRs at random poses. Without --model-dir the
 regressor's time is measured with an untrained network of the preset's shape
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--similarity", default="ncc+gradncc")
+    ap.add_argument("--similarity", default="patch-ncc", help="comma-separated names; default: the refinement default")
     ap.add_argument("--collimator", action="store_true")
     ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
     args = ap.parse_args()
@@ -44,8 +44,8 @@ def main() -> None:
     from xctreg.metrics import mtre, target_points
     from xctreg.models import PoseRegressor
     from xctreg.physics import DetectorConfig
-    from xctreg.preprocess import detect_field
-    from xctreg.register import RefineConfig, Registrar, normalize_image, refine
+    from xctreg.preprocess import detect_field, prepare_xray
+    from xctreg.register import RefineConfig, Registrar, refine
     from xctreg.render import RenderConfig, Renderer
     from xctreg.runtime import resolve_device
     from xctreg.train import preset
@@ -76,7 +76,7 @@ def main() -> None:
             starts.append(reg.regress(img).params)
         else:
             with torch.no_grad():
-                net(normalize_image(img).to(dev))
+                net(torch.as_tensor(prepare_xray(img, cam, cam).image)[None, None].to(dev))
             starts.append(p + rng.uniform(-1, 1, 6) * np.array([3, 3, 3, 5, 5, 10]))
         t_reg.append(time.perf_counter() - t)
         masks.append(detect_field(img).astype(np.float32) if args.collimator else None)

@@ -414,10 +414,11 @@ def register_cmd(
         preprocess=PreprocessConfig(collimator=not no_collimator),
         transmission=transmission,
     )
+    single = len(files) == 1 and not Path(xray).is_dir()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
-        if len(files) == 1 and not Path(xray).is_dir():
+        if single:
             from rich.console import Console
 
             f = files[0]
@@ -425,28 +426,27 @@ def register_cmd(
                 res = reg.register(f, **kwargs)
             name = f.name.split(".")[0] + ".result.json"
             out = out / name if out is not None and out.is_dir() else (out or f.with_name(name))
-            for w in caught:
-                print(f"warning: {str(w.message).splitlines()[0]}", file=sys.stderr)
-            caught.clear()
             write_outputs(res, reg, Outputs(out, overlay_png, animate), title=f.name)
-            p = res.to_dict()["params"]
-            _echo(
-                f"{f.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "
-                f"tx {p['tx_mm']:.1f} ty {p['ty_mm']:.1f} tz {p['tz_mm']:.1f} mm; NCC {res.similarity['ncc']:.3f}; "
-                f"{res.timing_s['total']:.1f} s -> {out}"
-            )
-            return
-        base = Path(xray) if Path(xray).is_dir() else files[0].parent
-        out_dir = out or base / "results"
-        for opt, val in (("--out", out), ("--overlay", overlay_png), ("--animate", animate)):
-            if val is not None and val.suffix and not val.is_dir():
-                raise XctregError(f"{opt} must be a folder when registering several X-rays, got {val}")
-        with _progress("registering") as bar:
-            task = bar.add_task("register", total=len(files))
-            rows = register_files(reg, files, out_dir, on_done=lambda f, row: bar.advance(task), **kwargs,
-                                  overlay_dir=overlay_png, animate_dir=animate)  # fmt: skip
-        for w in {str(w.message).splitlines()[0] for w in caught}:
-            print(f"warning: {w}", file=sys.stderr)
+        else:
+            base = Path(xray) if Path(xray).is_dir() else files[0].parent
+            out_dir = out or base / "results"
+            for opt, val in (("--out", out), ("--overlay", overlay_png), ("--animate", animate)):
+                if val is not None and val.suffix and not val.is_dir():
+                    raise XctregError(f"{opt} must be a folder when registering several X-rays, got {val}")
+            with _progress("registering") as bar:
+                task = bar.add_task("register", total=len(files))
+                rows = register_files(reg, files, out_dir, on_done=lambda f, row: bar.advance(task), **kwargs,
+                                      overlay_dir=overlay_png, animate_dir=animate)  # fmt: skip
+    for w in dict.fromkeys(str(w.message).splitlines()[0] for w in caught):  # each distinct warning once
+        print(f"warning: {w}", file=sys.stderr)
+    if single:
+        p = res.to_dict()["params"]
+        _echo(
+            f"{f.name}: rx {p['rx_deg']:.2f} ry {p['ry_deg']:.2f} rz {p['rz_deg']:.2f} deg, "
+            f"tx {p['tx_mm']:.1f} ty {p['ty_mm']:.1f} tz {p['tz_mm']:.1f} mm; NCC {res.similarity['ncc']:.3f}; "
+            f"{res.timing_s['total']:.1f} s -> {out}"
+        )
+        return
     failed = [r for r in rows if r["status"] != "ok"]
     _echo(f"registered {len(rows) - len(failed)} of {len(rows)} X-rays -> {out_dir}/summary.csv")
     if failed:

@@ -81,14 +81,29 @@ class RefineConfig:
 @dataclass
 class Refinement:
     """The refined parameters (deg, mm), the final similarity, the iterations used and the
-    trajectory: the parameters at every iteration (K, 6) with their similarity (K,)."""
+    trajectory: the parameters at every iteration (K, 6)."""
 
     params: np.ndarray
     similarity: float
     iterations: int
     seconds: float
     trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def cached_renderer(
+    cache: dict[Any, Renderer] | None, volume: Volume, camera: Camera, config: RenderConfig, reference: PoseReference
+) -> Renderer:
+    """The renderer of ``volume`` for (camera, config), built once per ``cache`` (None: no caching).
+
+    A cache serves one volume and reference, so the key is (camera, config).
+    """
+    key = (camera, config)
+    r = cache.get(key) if cache is not None else None
+    if r is None:
+        r = Renderer(volume, camera, config, reference=reference)
+        if cache is not None:
+            cache[key] = r
+    return r
 
 
 def refine(
@@ -115,17 +130,10 @@ def refine(
     p = torch.as_tensor(np.asarray(start_params, dtype=np.float64)).reshape(1, 6)
     best_s, total = -2.0, 0
     path: list[np.ndarray] = []
-    scores: list[float] = []
     for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
         scale = min(1.0, size / max(camera.height, camera.width))
         h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
-        cam = camera.resized(h, w)
-        key = (cam, cfg.render)
-        r = renderers.get(key) if renderers is not None else None
-        if r is None:
-            r = Renderer(volume, cam, cfg.render, reference=reference)
-            if renderers is not None:
-                renderers[key] = r
+        r = cached_renderer(renderers, volume, camera.resized(h, w), cfg.render, reference)
         y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
         mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
         rot = p[:, :3].clone().requires_grad_(True)
@@ -138,9 +146,9 @@ def refine(
             s = sim_fn(r(q.float())[0, 0], y, mk)
             total += 1
             path.append(q.detach()[0].numpy().copy())
-            scores.append(float(s.detach()))
-            if scores[-1] > best_s + cfg.min_gain:
-                best_s, best_p, stale = scores[-1], q.detach().clone(), 0
+            score = float(s.detach())
+            if score > best_s + cfg.min_gain:
+                best_s, best_p, stale = score, q.detach().clone(), 0
             else:
                 stale += 1
                 if stale >= cfg.patience:
@@ -150,18 +158,7 @@ def refine(
             opt.step()
         p = best_p
     traj = np.asarray(path, dtype=np.float64).reshape(-1, 6)
-    return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0, traj, np.asarray(scores))
-
-
-def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(H, W) attenuation image (bone bright, any linear scale) -> (1, 1, H, W) in [0, 1]."""
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    if x.ndim != 2:
-        raise XctregError(f"expected a 2D X-ray, got shape {tuple(x.shape)}")
-    lo, hi = x.min(), x.max()
-    if not torch.isfinite(lo + hi) or float(hi - lo) <= 1e-8 * max(1.0, abs(float(hi))):
-        raise XctregError("the X-ray is blank (constant) or has non-finite pixels")
-    return ((x - lo) / (hi - lo))[None, None]
+    return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0, traj)
 
 
 PARAM_KEYS = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
@@ -230,11 +227,7 @@ class Registrar:
 
     def renderer(self, camera: Camera | None = None, config: RenderConfig | None = None) -> Renderer:
         """A renderer of the model's CT (default: the model's camera, default physics), built once."""
-        cam, cfg = camera or self.camera, config or RenderConfig()
-        key = (cam, cfg)
-        if key not in self._renderers:
-            self._renderers[key] = Renderer(self.ct(), cam, cfg, reference=self.reference)
-        return self._renderers[key]
+        return cached_renderer(self._renderers, self.ct(), camera or self.camera, config or RenderConfig(), self.reference)
 
     def ct(self) -> Volume:
         """The CT the model was trained on (read from config.json's path; SHA-256 checked)."""
@@ -285,13 +278,13 @@ class Registrar:
         return prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
 
     @torch.no_grad()
-    def attention(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Self-attention map of the model for one X-ray, (H, W) in [0, 1] at the image size."""
+    def attention(self, image: np.ndarray | torch.Tensor | PreparedXray) -> np.ndarray:
+        """Self-attention map of the model for one X-ray (prepared, or (H, W) bone bright on the
+        model's detector), (H, W) in [0, 1] at the model's detector size."""
         from xctreg.models import attention_map
 
-        self.camera.check_image(tuple(np.shape(image)), name="X-ray")
-        x = normalize_image(image)
-        out = self.model(x.to(self.device))
+        xr = image if isinstance(image, PreparedXray) else self.prepare(image)
+        out = self.model(torch.as_tensor(xr.image)[None, None].to(self.device))
         amap = attention_map(out, self.cfg.model.input_size)
         amap = F.interpolate(amap, size=(self.camera.height, self.camera.width), mode="bilinear", align_corners=False)
         return amap[0, 0].clamp(0, 1).float().cpu().numpy()
@@ -299,14 +292,10 @@ class Registrar:
     @torch.no_grad()
     def regress(self, image: np.ndarray | torch.Tensor | PreparedXray) -> Regression:
         """Predict the pose of one X-ray: a PreparedXray, or an (H, W) bone-bright image on the
-        model's detector."""
+        model's detector (then prepared with the default preprocessing)."""
         t0 = time.perf_counter()
-        if isinstance(image, PreparedXray):
-            x = torch.as_tensor(image.image)[None, None]
-        else:
-            self.camera.check_image(tuple(np.shape(image)), name="X-ray")
-            x = normalize_image(image)
-        q = self.model(x.to(self.device))["params"].float().cpu()
+        xr = image if isinstance(image, PreparedXray) else self.prepare(image)
+        q = self.model(torch.as_tensor(xr.image)[None, None].to(self.device))["params"].float().cpu()
         p = self.norm.denorm(q)[0].double()
         T = params_to_matrix(p, self.reference).numpy()
         return Regression(Pose(T, self.reference), p.numpy(), time.perf_counter() - t0)
