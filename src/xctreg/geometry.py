@@ -6,8 +6,14 @@ Frames and units (SPEC §2-4):
 * camera: X-ray source at the origin, principal ray +z, detector plane z = sdd;
   image row r / column k has pixel coordinates (u, v) = (k, r);
 * pose: ``T_cam_from_world`` (4x4, mm), x_cam = R x_world + t;
-* parameters (rx, ry, rz in degrees, tx, ty, tz in mm) relative to the AP view:
-  x_cam = Rz(rz) Ry(ry) Rx(rx) R_ap (x_world - c) + (tx, ty, sid + tz).
+* parameters (rx, ry, rz in degrees, tx, ty, tz in mm) relative to a reference
+  view (SPEC §4.1; AP by default, R_view = I):
+  x_cam = Rz(rz) Ry(ry) Rx(rx) R_view R_ap (x_world - c) + (tx, ty, sid + tz),
+  R_view = Rz(vz) Ry(vy) Rx(vx).
+
+:class:`PoseSpace` owns the parameterisation: names, units, order, the
+reference (isocenter, sid, view), matrix <-> params and the normalisation to
+the sampling ranges. Everything else calls it.
 
 All torch functions are batched over a leading dimension and differentiable.
 """
@@ -27,6 +33,15 @@ from xctreg._fs import read_json, write_json
 from xctreg.errors import XctregError
 
 PARAM_NAMES = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
+PARAM_UNITS = ("deg", "deg", "deg", "mm", "mm", "mm")
+
+#: Named reference views (SPEC §4.1): (vx, vy, vz) in degrees, named by where the source is.
+VIEWS: dict[str, tuple[float, float, float]] = {
+    "ap": (0.0, 0.0, 0.0),
+    "pa": (0.0, 180.0, 0.0),
+    "lat-left": (0.0, 90.0, 0.0),
+    "lat-right": (0.0, -90.0, 0.0),
+}
 
 #: Rotation of the anterior-posterior reference view: world LPS -> camera axes.
 #: Camera x = patient left (image right), camera y = inferior (image down),
@@ -230,33 +245,89 @@ def is_rigid(T: np.ndarray, tol: float = 1e-4) -> bool:
 # --------------------------------------------------------------------------- pose parameters
 @dataclass(frozen=True)
 class PoseReference:
-    """The AP reference view that parameters are relative to: isocenter (LPS mm) and sid (mm)."""
+    """The reference view that parameters are relative to (SPEC §4, §4.1).
+
+    Attributes:
+        isocenter_mm: c, the point the C-arm turns about (world LPS mm).
+        sid_mm: source-isocenter distance of the reference view (mm).
+        view_deg: (vx, vy, vz), R_view = Rz(vz) Ry(vy) Rx(vx) in degrees; (0, 0, 0) is AP.
+    """
 
     isocenter_mm: tuple[float, float, float]
     sid_mm: float = DEFAULT_SID_MM
+    view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         vals = [*self.isocenter_mm, self.sid_mm]
         if len(self.isocenter_mm) != 3 or not all(math.isfinite(float(v)) for v in vals) or self.sid_mm <= 0:
             raise XctregError(f"pose reference needs a finite isocenter and a positive sid, got {self.isocenter_mm}, {self.sid_mm}")
+        object.__setattr__(self, "view_deg", parse_view(self.view_deg))
+
+    def rotation(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
+        """R_view · R_ap (3x3): world LPS axes -> camera axes of the reference view."""
+        r_view = euler_to_rotmat(torch.tensor(self.view_deg, dtype=torch.float64))
+        return (r_view @ torch.tensor(R_AP, dtype=torch.float64)).to(dtype=dtype, device=device)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"isocenter_mm": [float(v) for v in self.isocenter_mm], "sid_mm": float(self.sid_mm)}
+        return {
+            "isocenter_mm": [float(v) for v in self.isocenter_mm],
+            "sid_mm": float(self.sid_mm),
+            "view_deg": [float(v) for v in self.view_deg],
+        }
 
     @classmethod
     def from_dict(cls, d: Any, name: str = "pose reference") -> PoseReference:
+        """Parse ``{"isocenter_mm": [x, y, z], "sid_mm": s, "view_deg": [vx, vy, vz]}`` (view optional)."""
         try:
             c = [float(v) for v in d["isocenter_mm"]]
             sid = float(d.get("sid_mm", DEFAULT_SID_MM))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise XctregError(f"{name}: expected {{'isocenter_mm': [x, y, z], 'sid_mm': s}}") from None
         if len(c) != 3 or not all(math.isfinite(v) for v in [*c, sid]) or sid <= 0:
             raise XctregError(f"{name}: isocenter_mm must be 3 finite numbers and sid_mm positive")
-        return cls((c[0], c[1], c[2]), sid)
+        view = d.get("view_deg", (0.0, 0.0, 0.0))
+        if isinstance(view, str):
+            raise XctregError(f"{name}: view_deg must be [vx, vy, vz] in degrees, got {view!r}")
+        try:
+            view = parse_view(view)
+        except XctregError as exc:
+            raise XctregError(f"{name}: {exc}") from None
+        return cls((c[0], c[1], c[2]), sid, view)
 
 
-def _r_ap(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(R_AP, dtype=dtype, device=device)
+def parse_view(view: str | Any) -> tuple[float, float, float]:
+    """A view (SPEC §4.1) from a name (ap, pa, lat-left, lat-right), "VX,VY,VZ" or 3 numbers (degrees).
+
+    Each angle must be finite and within [-180, 180].
+    """
+    if isinstance(view, str):
+        key = view.strip().lower()
+        if key in VIEWS:
+            return VIEWS[key]
+        if "," not in key:
+            raise XctregError(f"unknown view {view!r}; use {', '.join(VIEWS)} or VX,VY,VZ in degrees")
+        parts: Any = key.split(",")
+    else:
+        parts = list(view) if hasattr(view, "__len__") else [view]
+    try:
+        vals = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        raise XctregError(f"view {view!r} must be a name or three angles VX,VY,VZ in degrees") from None
+    if len(vals) != 3:
+        raise XctregError(f"view {view!r} must have three angles VX,VY,VZ (degrees), got {len(vals)}")
+    if not all(math.isfinite(v) for v in vals):
+        raise XctregError(f"view angles must be finite, got {vals}")
+    if any(abs(v) > 180.0 for v in vals):
+        raise XctregError(f"view angles must lie within [-180, 180] degrees, got {vals}")
+    return (vals[0] + 0.0, vals[1] + 0.0, vals[2] + 0.0)
+
+
+def view_name(view_deg: tuple[float, float, float]) -> str:
+    """The name of a view if it has one, else "VX,VY,VZ"."""
+    for name, v in VIEWS.items():
+        if np.allclose(v, view_deg, atol=1e-9):
+            return name
+    return ",".join(f"{a:g}" for a in view_deg)
 
 
 def euler_to_rotmat(angles_deg: torch.Tensor) -> torch.Tensor:
@@ -275,10 +346,11 @@ def rotmat_to_euler(R: torch.Tensor) -> torch.Tensor:
 def params_to_matrix(params: torch.Tensor, ref: PoseReference) -> torch.Tensor:
     """(B,6) or (6,) parameters (deg, mm) -> ``T_cam_from_world`` (B,4,4) or (4,4).
 
-    x_cam = Rz Ry Rx R_ap (x - c) + (tx, ty, sid + tz). Differentiable.
+    x_cam = Rz Ry Rx R_view R_ap (x - c) + (tx, ty, sid + tz). Differentiable.
+    Prefer ``PoseSpace.to_matrix``; this is its implementation.
     """
     params = _as_tensor(params)
-    R = euler_to_rotmat(params[..., :3]) @ _r_ap(params.dtype, params.device)
+    R = euler_to_rotmat(params[..., :3]) @ ref.rotation(params.dtype, params.device)
     c = torch.tensor(ref.isocenter_mm, dtype=params.dtype, device=params.device)
     shift = torch.tensor([0.0, 0.0, ref.sid_mm], dtype=params.dtype, device=params.device)
     t = params[..., 3:] + shift - (R @ c.unsqueeze(-1)).squeeze(-1)
@@ -288,7 +360,7 @@ def params_to_matrix(params: torch.Tensor, ref: PoseReference) -> torch.Tensor:
 def matrix_to_params(T: torch.Tensor, ref: PoseReference) -> torch.Tensor:
     """``T_cam_from_world`` (…,4,4) -> parameters (…,6) (deg, mm); inverse of :func:`params_to_matrix`."""
     T = _as_tensor(T)
-    R = T[..., :3, :3] @ _r_ap(T.dtype, T.device).transpose(-1, -2)
+    R = T[..., :3, :3] @ ref.rotation(T.dtype, T.device).transpose(-1, -2)
     ang = rotmat_to_euler(R)
     c = torch.tensor(ref.isocenter_mm, dtype=T.dtype, device=T.device)
     shift = torch.tensor([0.0, 0.0, ref.sid_mm], dtype=T.dtype, device=T.device)
@@ -408,6 +480,16 @@ def project(points_world: torch.Tensor, T: torch.Tensor, camera: Camera) -> tupl
     return torch.stack([u, v], dim=-1), z
 
 
+def projection_matrix(T: Any, camera: Camera) -> np.ndarray:
+    """The 3x4 projection matrix P = K [R | t] (pixels, SPEC §3 and §5's ``projection_matrix``).
+
+    For a world point x (LPS mm), P·(x, 1) = z·(u, v, 1): u is the column and v the row of
+    the pixel (pixel centres at integers), z the depth along the beam (mm).
+    """
+    T = np.asarray(T.detach().cpu() if isinstance(T, torch.Tensor) else T, dtype=np.float64)
+    return camera.intrinsics().numpy() @ T[:3, :4]
+
+
 def pixel_grid(camera: Camera, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """(H*W, 2) pixel centres (u, v) in row-major image order."""
     v, u = torch.meshgrid(
@@ -484,9 +566,171 @@ class PoseRanges:
         except (TypeError, ValueError, IndexError, KeyError):
             raise XctregError("pose ranges must map parameter names to [low, high]") from None
 
+    @classmethod
+    def from_half_widths(cls, half: Any) -> PoseRanges:
+        """Symmetric ranges [-h, h] from six half-widths (rx, ry, rz deg, tx, ty, tz mm)."""
+        return cls(**{n: (-float(h), float(h)) for n, h in zip(PARAM_NAMES, half, strict=True)})
+
+    def scaled(self, factor: float) -> PoseRanges:
+        """The same centres with half-widths times ``factor`` (the curriculum's narrower stages)."""
+        lo, hi = self.bounds()
+        mid, half = (lo + hi) / 2, (hi - lo) / 2 * factor
+        return PoseRanges(**{n: (float(m - h), float(m + h)) for n, m, h in zip(PARAM_NAMES, mid, half, strict=True)})
+
+    def contains(self, params: Any, slack: float = 0.0) -> np.ndarray:
+        """(…,) True where every parameter lies within the ranges widened by ``slack`` (deg / mm)."""
+        lo, hi = self.bounds()
+        p = np.asarray(params, dtype=np.float64)
+        return np.all((p >= lo - slack) & (p <= hi + slack), axis=-1)
+
+
+def parse_ranges(text: str) -> PoseRanges:
+    """``--ranges RX,RY,RZ,TX,TY,TZ``: six positive half-widths in degrees and mm (SPEC §4.1)."""
+    parts = [t for t in str(text).replace(" ", "").split(",")]
+    try:
+        vals = [float(t) for t in parts]
+    except ValueError:
+        raise XctregError(f"--ranges must be six numbers RX,RY,RZ,TX,TY,TZ (deg, mm), got {text!r}") from None
+    if len(vals) != 6:
+        raise XctregError(f"--ranges must be six numbers RX,RY,RZ,TX,TY,TZ (deg, mm), got {len(vals)}")
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        raise XctregError(f"--ranges half-widths must be positive and finite, got {vals}")
+    if any(v > 90.0 for v in vals[:3]):
+        raise XctregError(f"--ranges rotation half-widths must be at most 90 degrees (use --view for other views), got {vals[:3]}")
+    return PoseRanges.from_half_widths(vals)
+
 
 def sample_params(n: int, ranges: PoseRanges | None = None, seed: int | None = 0) -> np.ndarray:
     """``n`` parameter vectors (n,6) drawn uniformly and independently within ``ranges``."""
     lo, hi = (ranges or PoseRanges()).bounds()
     rng = np.random.default_rng(seed)
     return lo + (hi - lo) * rng.random((n, 6))
+
+
+# --------------------------------------------------------------------------- the parameterisation
+@dataclass(frozen=True)
+class PoseSpace:
+    """The pose parameterisation, in one place (SPEC §4, §4.1).
+
+    Parameters are (rx, ry, rz) in degrees and (tx, ty, tz) in mm, small deltas
+    around the reference view: T = [Rz(rz) Ry(ry) Rx(rx) R_view R_ap | ...], so
+    the Euler angles stay far from gimbal lock for any view. Networks see them
+    normalised to the sampling ranges: q = (p - centre) / half-width, the
+    training range mapping to [-1, 1].
+
+    Attributes:
+        reference: isocenter (LPS mm), sid (mm) and view (deg).
+        ranges: the sampling ranges (deg, mm).
+    """
+
+    reference: PoseReference
+    ranges: PoseRanges = field(default_factory=PoseRanges)
+
+    names = PARAM_NAMES
+    units = PARAM_UNITS
+
+    def to_matrix(self, params: Any) -> torch.Tensor:
+        """(…,6) parameters (deg, mm) -> ``T_cam_from_world`` (…,4,4) (mm). Differentiable."""
+        return params_to_matrix(params, self.reference)
+
+    def from_matrix(self, T: Any) -> torch.Tensor:
+        """``T_cam_from_world`` (…,4,4) -> (…,6) parameters (deg, mm)."""
+        return matrix_to_params(T, self.reference)
+
+    def pose(self, params: Any) -> Pose:
+        """A :class:`Pose` (matrix + this reference) from (6,) parameters."""
+        return Pose.from_params(params, self.reference)
+
+    def _centre_half(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.ranges.bounds()
+        mid = torch.as_tensor((lo + hi) / 2, dtype=like.dtype, device=like.device)
+        half = torch.as_tensor(np.maximum((hi - lo) / 2, 1e-6), dtype=like.dtype, device=like.device)
+        return mid, half
+
+    def normalize(self, params: torch.Tensor) -> torch.Tensor:
+        """(…,6) parameters (deg, mm) -> normalised q, the ranges mapping to [-1, 1]."""
+        mid, half = self._centre_half(params)
+        return (params - mid) / half
+
+    def denormalize(self, q: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: normalised q -> (…,6) parameters (deg, mm)."""
+        mid, half = self._centre_half(q)
+        return q * half + mid
+
+    def sample(self, n: int, seed: int | None = 0) -> np.ndarray:
+        """``n`` parameter vectors (n,6) drawn uniformly within the ranges."""
+        return sample_params(n, self.ranges, seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference.to_dict(), "ranges": self.ranges.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Any, name: str = "pose space") -> PoseSpace:
+        if not isinstance(d, dict) or "reference" not in d:
+            raise XctregError(f"{name} needs a reference")
+        ranges = PoseRanges.from_dict(d["ranges"]) if "ranges" in d else PoseRanges()
+        return cls(PoseReference.from_dict(d["reference"], name=f"{name} reference"), ranges)
+
+    def delta_from(self, T: Any) -> np.ndarray:
+        """Parameters (deg, mm) of a matrix relative to this reference, for checks against the ranges."""
+        return self.from_matrix(torch.as_tensor(np.asarray(T, dtype=np.float64))).numpy()
+
+
+def view_rotation_delta(view_a: tuple[float, float, float], view_b: tuple[float, float, float]) -> np.ndarray:
+    """(rx, ry, rz) in degrees that take reference view ``view_b`` to ``view_a``:
+    R_view(a) = Rz Ry Rx · R_view(b)."""
+    ra = euler_to_rotmat(torch.tensor(view_a, dtype=torch.float64))
+    rb = euler_to_rotmat(torch.tensor(view_b, dtype=torch.float64))
+    return rotmat_to_euler(ra @ rb.T).numpy()
+
+
+# --------------------------------------------------------------------------- DICOM positioner angles
+def positioner_to_view(primary_deg: float, secondary_deg: float) -> tuple[float, float, float]:
+    """SPEC view (vx, vy, vz) of a C-arm at DICOM positioner angles (XA/RF positioner module).
+
+    DICOM gives the position of the image detector (intensifier) about the patient:
+    ``PositionerPrimaryAngle`` from RAO (-) to LAO (+), 0 with the detector over the
+    patient's chest (anterior); ``PositionerSecondaryAngle`` from CAU (-) to CRA (+).
+    The beam runs from the source to the detector, along
+    d = (sin a cos b, -cos a cos b, sin b) in LPS. So (0, 0) is a posterior-anterior
+    beam: the SPEC ``pa`` view (0, 180, 0); LAO 90 (detector on the patient's left)
+    is ``lat-right`` (source on the right); RAO 90 is ``lat-left``.
+
+    DICOM leaves the in-plane rotation of the image open; the view returned keeps
+    the patient's head towards the top of the image (vz = 0, |vx| <= 90).
+    """
+    if not (math.isfinite(primary_deg) and math.isfinite(secondary_deg)):
+        raise XctregError("positioner angles must be finite")
+    if abs(primary_deg) > 180.0 or abs(secondary_deg) > 90.0:
+        raise XctregError(
+            f"positioner angles out of the DICOM ranges (primary ±180, secondary ±90): {primary_deg:g}, {secondary_deg:g}"
+        )
+    a, b = math.radians(primary_deg), math.radians(secondary_deg)
+    d = (math.sin(a) * math.cos(b), -math.cos(a) * math.cos(b), math.sin(b))
+    return beam_to_view(d)
+
+
+def beam_to_view(direction: Any) -> tuple[float, float, float]:
+    """The view (vx, vy, vz = 0, |vx| <= 90, degrees) whose beam (source -> detector) runs along
+    ``direction`` (world LPS). The beam of view (vx, vy, 0) is (-sin vy, cos vy cos vx, -cos vy sin vx)."""
+    dx, dy, dz = (float(v) for v in np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction))
+    k = math.sqrt(max(0.0, 1.0 - dx * dx))  # |cos vy|
+    best = None
+    for cos_vy in (k, -k):
+        vy = math.degrees(math.atan2(-dx, cos_vy))
+        vx = math.degrees(math.atan2(-dz * cos_vy, dy * cos_vy)) if k > 1e-12 else 0.0
+        if best is None or abs(vx) < abs(best[0]) - 1e-9:
+            best = (vx, vy)
+    assert best is not None
+    vx, vy = best
+    return (vx + 0.0, vy + 0.0, 0.0)
+
+
+def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, float]:
+    """DICOM (primary, secondary) angles in degrees of a view's beam direction (inverse of
+    :func:`positioner_to_view` up to the in-plane rotation vz)."""
+    R = PoseReference((0.0, 0.0, 0.0), view_deg=view_deg).rotation()
+    d = R[2].numpy()  # camera z (the beam) in world
+    b = math.degrees(math.asin(max(-1.0, min(1.0, float(d[2])))))
+    a = math.degrees(math.atan2(float(d[0]), -float(d[1])))
+    return a + 0.0, b + 0.0
