@@ -39,7 +39,6 @@ def main() -> None:
 
     from xctreg.data.chest import fetch_chest
     from xctreg.data.poses import sample_poses
-    from xctreg.geometry import PoseReference, params_to_matrix
     from xctreg.io import read_volume
     from xctreg.metrics import mtre, target_points
     from xctreg.models import PoseRegressor
@@ -54,7 +53,8 @@ def main() -> None:
     vol = read_volume(fetch_chest())
     cfg = preset(args.preset)
     cam = cfg.camera
-    ref = PoseReference(tuple(float(v) for v in vol.center), cfg.sid_mm)
+    space = cfg.space(vol)
+    ref = space.reference
     truth = sample_poses(args.n, seed=4242)
     target = Renderer(vol, cam, RenderConfig(detector=DetectorConfig(photons=1e5, blur_px=0.5)), reference=ref)
     with torch.no_grad():
@@ -67,7 +67,7 @@ def main() -> None:
         imgs = np.where(inside, imgs, imgs.min()).astype(np.float32)
     rng = np.random.default_rng(0)
     pts = torch.as_tensor(target_points(vol, 5000))
-    T = lambda q: params_to_matrix(torch.as_tensor(q, dtype=torch.float64), ref)  # noqa: E731
+    T = lambda q: space.to_matrix(torch.as_tensor(q, dtype=torch.float64))  # noqa: E731
     refine(vol, imgs[0], cam, ref, truth[0])  # warm-up: kernel compilation, pyramid levels
     t_reg, starts, masks = [], [], []
     for img, p in zip(imgs, truth, strict=True):

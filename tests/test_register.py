@@ -137,8 +137,17 @@ def test_python_api_result(model_dir, tmp_path) -> None:
     assert np.allclose(a.params, b.params) and np.allclose(a.params, c.params, atol=0.05)
     assert a.iterations == len(a.trajectory) > 0 and a.trajectory.shape[1] == 6
     d = a.to_dict()
-    assert set(d) == {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations"}
+    spec = {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations", "projection_matrix"}
+    assert spec <= set(d) and set(d) - spec == {"geometry", "model_dir", "ct_path"}
     assert np.allclose(np.asarray(d["T_cam_from_world"]), a.pose.T_cam_from_world)
+    # the projection matrix and geometry are those of the X-ray as given (48 x 40), not the model's detector
+    assert Camera.from_dict(d["geometry"]) == other
+    from xctreg.geometry import project
+
+    pts = torch.tensor(reg.ct().center)[None] + torch.tensor([[0.0, 0, 0], [30, -20, 40]], dtype=torch.float64)
+    uv, _ = project(pts, torch.as_tensor(a.pose.T_cam_from_world), other)
+    h = np.c_[pts.numpy(), np.ones(2)] @ np.asarray(d["projection_matrix"]).T
+    assert np.allclose(h[:, :2] / h[:, 2:], uv.numpy(), atol=1e-6)
     # refinement moved the regressor's pose towards a better match
     assert d["similarity"]["ncc"] > 0.5
 

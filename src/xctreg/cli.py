@@ -61,6 +61,34 @@ def _preset_camera(preset: str, geometry: Path | None = None):  # noqa: ANN202 -
     return read_camera(geometry) if geometry is not None else PRESET_CAMERAS[preset]
 
 
+_VIEW_HELP = "Reference view (SPEC §4.1): ap, pa, lat-left, lat-right, or VX,VY,VZ in degrees."
+_RANGES_HELP = "Sampling half-widths RX,RY,RZ,TX,TY,TZ (deg, mm); default 15,15,15,30,30,50."
+
+
+def _view_and_ranges(view: str | None, ranges: str | None, view_from: Path | None = None):  # noqa: ANN202
+    """(view_deg, PoseRanges) from --view / --view-from and --ranges, with one-line errors."""
+    from xctreg.geometry import PoseRanges, parse_ranges, parse_view
+
+    if view is not None and view_from is not None:
+        raise XctregError("give --view or --view-from, not both")
+    v = parse_view(view) if view is not None else (0.0, 0.0, 0.0)
+    if view_from is not None:
+        v = _view_from_xray(view_from)
+    return v, (parse_ranges(ranges) if ranges is not None else PoseRanges())
+
+
+def _view_from_xray(path: Path) -> tuple[float, float, float]:
+    """The view of a DICOM X-ray's C-arm, from its positioner angles."""
+    from xctreg.geometry import positioner_to_view
+    from xctreg.io import read_xray
+
+    xr = read_xray(path)
+    pos = getattr(xr, "positioner_deg", None)
+    if pos is None:
+        raise XctregError(f"{path} has no PositionerPrimaryAngle/PositionerSecondaryAngle; use --view instead")
+    return positioner_to_view(*pos)
+
+
 def _progress(label: str | None, transient: bool = True):  # noqa: ANN202 - rich Progress, imported lazily
     """A rich progress bar: label (or each task's description), bar, done/total, time left."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -156,7 +184,9 @@ def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output image (.npy/.png/.tiff/.dcm), or a folder with --random.")],
     geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON; default: the --preset camera.")] = None,
     pose: Annotated[Path | None, typer.Option("--pose", help="Pose JSON (matrix or params).")] = None,
-    random: Annotated[int, typer.Option("--random", help="Render N random poses from the default ranges.")] = 0,
+    random: Annotated[int, typer.Option("--random", help="Render N random poses from the sampling ranges around --view.")] = 0,
+    view: Annotated[str | None, typer.Option("--view", help=_VIEW_HELP)] = None,
+    ranges: Annotated[str | None, typer.Option("--ranges", help=_RANGES_HELP)] = None,
     fmt: Annotated[str, typer.Option("--format", help="Image format for --random: png, npy, tiff or dcm.")] = "png",
     preset: Annotated[str, typer.Option("--preset", help="Camera when no --geometry: paper (256², 1.6 mm) or quick (128², 3.2 mm).")] = "paper",
     mode: Annotated[str, typer.Option("--mode", help="poly (spectrum), mono or line (density line integral).")] = "poly",
@@ -173,7 +203,7 @@ def simulate(
     """Render physics-based X-rays (DRRs) of a CT at a given pose or at N random poses."""
     import time
 
-    from xctreg.geometry import PoseReference, read_pose
+    from xctreg.geometry import read_pose
     from xctreg.io import read_volume
     from xctreg.physics import DetectorConfig
     from xctreg.render import RenderConfig
@@ -191,13 +221,15 @@ def simulate(
         raise XctregError(f"--kvp must be in [20, 150], got {kvp:g}")
     if sid_mm <= 0 or al_mm < 0 or blur_px < 0:
         raise XctregError("--sid-mm must be positive and --al-mm, --blur-px non-negative")
+    view_deg, pose_ranges = _view_and_ranges(view, ranges)
+    if ranges is not None and pose is not None:
+        raise XctregError("--ranges applies to --random only")
     dev = resolve_device(device)
     vol = read_volume(ct, force=force)
-    reference = PoseReference(tuple(float(v) for v in vol.center), sid_mm)
-    p = read_pose(pose, reference=reference) if pose is not None else None
     det = DetectorConfig(photons=photons, blur_px=blur_px, scatter_fraction=scatter)
     rcfg = RenderConfig(mode=mode, kvp=kvp, al_mm=al_mm, detector=det)  # type: ignore[arg-type]
-    cfg = SimulateConfig(render=rcfg, sid_mm=sid_mm, seed=seed)
+    cfg = SimulateConfig(render=rcfg, sid_mm=sid_mm, seed=seed, view_deg=view_deg)
+    p = read_pose(pose, reference=cfg.reference(vol)) if pose is not None else None
     t0 = time.perf_counter()
     if p is not None:
         img_path, pose_path = simulate_one(vol, cam, p, out, cfg, dev)
@@ -205,7 +237,7 @@ def simulate(
         return
     with _progress("rendering") as bar:
         task = bar.add_task("render", total=random)
-        pj = simulate_random(vol, cam, random, out, "." + fmt.lstrip("."), None, cfg, dev,
+        pj = simulate_random(vol, cam, random, out, "." + fmt.lstrip("."), pose_ranges, cfg, dev,
                              progress=lambda k: bar.advance(task, k))  # fmt: skip
     dt = time.perf_counter() - t0
     _echo(f"wrote {random} DRRs ({cam.height}x{cam.width}, {mode}) and {pj} to {out} in {dt:.1f} s ({random / dt:.1f}/s)")
@@ -222,6 +254,8 @@ def data_generate(
     n_test: Annotated[int, typer.Option("--n-test")] = 200,
     method: Annotated[str, typer.Option("--method", help="Pose sampling: uniform or sobol.")] = "uniform",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    view: Annotated[str | None, typer.Option("--view", help=_VIEW_HELP)] = None,
+    ranges: Annotated[str | None, typer.Option("--ranges", help=_RANGES_HELP)] = None,
     shard_size: Annotated[int, typer.Option("--shard-size")] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Accept a volume that does not look like a CT.")] = False,
@@ -239,8 +273,10 @@ def data_generate(
         raise XctregError("the dataset is empty; give positive --n-train/--n-val/--n-test")
     if method not in ("uniform", "sobol"):
         raise XctregError(f"unknown --method {method!r}; use uniform or sobol")
+    view_deg, pose_ranges = _view_and_ranges(view, ranges)
     vol = read_volume(ct, force=force)
-    cfg = DataConfig(camera=cam, splits=SplitConfig(n_train, n_val, n_test, method=method, seed=seed), shard_size=shard_size)  # type: ignore[arg-type]
+    splits = SplitConfig(n_train, n_val, n_test, ranges=pose_ranges, method=method, seed=seed)  # type: ignore[arg-type]
+    cfg = DataConfig(camera=cam, splits=splits, shard_size=shard_size, view_deg=view_deg)
     t0 = time.perf_counter()
     with _progress("rendering") as bar:
         task = bar.add_task("gen", total=None)
@@ -289,6 +325,9 @@ def train(
     no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="One stage at full range (ablation).")] = False,
     steps: Annotated[int | None, typer.Option("--steps", help="Override the preset's number of steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    view: Annotated[str | None, typer.Option("--view", help=_VIEW_HELP)] = None,
+    view_from: Annotated[Path | None, typer.Option("--view-from", help="Take the view from a DICOM X-ray's positioner angles.")] = None,
+    ranges: Annotated[str | None, typer.Option("--ranges", help=_RANGES_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from MODEL_DIR/last.pt.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to MODEL_DIR/tensorboard.")] = False,
@@ -302,9 +341,10 @@ def train(
     from xctreg.runtime import resolve_device
     from xctreg.train import Trainer, preset as get_preset
 
+    view_deg, pose_ranges = _view_and_ranges(view, ranges, view_from)
     cfg = get_preset(preset)
-    cfg = replace(cfg, model=ModelConfig(**{**cfg.model.__dict__, "variant": variant}), seed=seed,
-                  curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps)  # fmt: skip
+    cfg = replace(cfg, model=ModelConfig(**{**cfg.model.__dict__, "variant": variant}), seed=seed, view_deg=view_deg,
+                  ranges=pose_ranges, curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps)  # fmt: skip
     if cfg.steps < 1:
         raise XctregError("--steps must be >= 1")
     dev = resolve_device(device)
@@ -313,8 +353,10 @@ def train(
         progress = _named_tasks(bar)
         trainer = Trainer(vol, out, cfg, ct_path=ct, device=dev, log=bar.console.print)
         res = trainer.fit(resume=resume, progress=progress, tensorboard=tensorboard)
+    from xctreg.geometry import view_name
+
     _echo(
-        f"trained {out} ({variant}, {preset}) for {res.step} steps in {res.seconds / 60:.1f} min: "
+        f"trained {out} ({variant}, {preset}, view {view_name(view_deg)}) for {res.step} steps in {res.seconds / 60:.1f} min: "
         f"best val median mTRE {res.best_val_median_mtre_mm:.2f} mm"
     )
 
@@ -327,6 +369,7 @@ def evaluate_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out poses.")] = 987_654,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
+    targets: Annotated[Path | None, typer.Option("--targets", help="CSV of mTRE target points: name,x,y,z in LPS mm (SPEC §6).")] = None,
 ) -> None:
     """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
     from xctreg.evaluate import evaluate
@@ -334,11 +377,16 @@ def evaluate_cmd(
 
     if n < 1:
         raise XctregError("--n must be >= 1")
+    pts = None
+    if targets is not None:
+        from xctreg.project import read_points_csv
+
+        pts = read_points_csv(targets)[1]
     out = out or model_dir / "eval"
     with _progress("evaluating") as bar:
         task = bar.add_task("eval", total=n)
         m = evaluate(model_dir, n, out, resolve_device(device), seed,
-                     progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine)  # fmt: skip
+                     progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine, targets=pts)  # fmt: skip
     _echo(
         f"{n} X-rays: median mTRE {m['median_mtre_mm']:.2f} mm, SR@10mm {m['sr_10mm']:.1%}, "
         f"SR@20mm {m['sr_20mm']:.1%} ({'with refinement' if m['refine'] else 'regressor only'}); wrote {out}/metrics.json"

@@ -136,7 +136,6 @@ def run_demo(cfg: DemoConfig, log: Log = print, progress: Progress | None = None
     from xctreg.data.augment import preview_rows
     from xctreg.data.phantom import PhantomConfig, make_phantom
     from xctreg.evaluate import evaluate
-    from xctreg.geometry import params_to_matrix
     from xctreg.io import write_volume
     from xctreg.metrics import mtre, target_points
     from xctreg.register import Registrar
@@ -170,7 +169,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, progress: Progress | None = None
         outs = Outputs(res_dir / f"xray_{k}.result.json", res_dir / f"xray_{k}.overlay.png", res_dir / f"xray_{k}.gif")
         write_outputs(r, reg, outs, title=case["name"])
         rows.append(summary_row(case["path"], r, outs.result))
-        T = lambda q: params_to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64), reg.reference)  # noqa: E731
+        T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
         case.update(result=r, initial_mtre=float(mtre(T(r.initial.params), T(case["true"]), pts)),
                     final_mtre=float(mtre(T(r.params), T(case["true"]), pts)), outputs=outs)  # fmt: skip
         log(f"{case['name']} ({case['shutter']}): mTRE {case['initial_mtre']:.2f} mm (regressor) -> "

@@ -324,8 +324,9 @@ def parse_view(view: str | Any) -> tuple[float, float, float]:
 
 def view_name(view_deg: tuple[float, float, float]) -> str:
     """The name of a view if it has one, else "VX,VY,VZ"."""
+    R = euler_to_rotmat(torch.tensor(view_deg, dtype=torch.float64))
     for name, v in VIEWS.items():
-        if np.allclose(v, view_deg, atol=1e-9):
+        if torch.allclose(euler_to_rotmat(torch.tensor(v, dtype=torch.float64)), R, atol=1e-9):
             return name
     return ",".join(f"{a:g}" for a in view_deg)
 
@@ -722,8 +723,8 @@ def beam_to_view(direction: Any) -> tuple[float, float, float]:
         if best is None or abs(vx) < abs(best[0]) - 1e-9:
             best = (vx, vy)
     assert best is not None
-    vx, vy = best
-    return (vx + 0.0, vy + 0.0, 0.0)
+    vx, vy = (round(v, 9) + 0.0 for v in best)
+    return (vx, 180.0 if vy <= -180.0 else vy, 0.0)
 
 
 def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, float]:
@@ -733,4 +734,4 @@ def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, flo
     d = R[2].numpy()  # camera z (the beam) in world
     b = math.degrees(math.asin(max(-1.0, min(1.0, float(d[2])))))
     a = math.degrees(math.atan2(float(d[0]), -float(d[1])))
-    return a + 0.0, b + 0.0
+    return round(a, 9) + 0.0, round(b, 9) + 0.0

@@ -50,6 +50,13 @@ def param_errors(p_est: np.ndarray, p_gt: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(PARAM_NAMES, d.mean(0), strict=True)}
 
 
+def param_bias(p_est: np.ndarray, p_gt: np.ndarray) -> dict[str, float]:
+    """Mean signed error (estimate − truth) per parameter (deg / mm); angles wrapped to [-180, 180)."""
+    d = (np.asarray(p_est) - np.asarray(p_gt)).reshape(-1, 6)
+    d[:, :3] = (d[:, :3] + 180.0) % 360.0 - 180.0
+    return {name: float(v) for name, v in zip(PARAM_NAMES, d.mean(0), strict=True)}
+
+
 def ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Global zero-normalised cross-correlation over the last two dims (optionally masked)."""
     if mask is None:

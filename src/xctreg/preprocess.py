@@ -55,12 +55,16 @@ class PreparedXray:
         mask: (H, W) float32, 1 where the similarity may look (exposed field and not user-masked).
         camera: the model camera the image now lives on.
         field_fraction: the share of the image's pixels inside the mask.
+        input_camera: the detector the X-ray came on (before resampling), when known.
+        positioner_deg: the DICOM (primary, secondary) C-arm angles in degrees, when known.
     """
 
     image: np.ndarray
     mask: np.ndarray
     camera: Camera
     field_fraction: float
+    input_camera: Camera | None = None
+    positioner_deg: tuple[float, float] | None = None
 
 
 def detect_field(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:

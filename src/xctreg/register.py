@@ -30,13 +30,23 @@ import torch.nn.functional as F
 
 from xctreg._fs import sha256_file
 from xctreg.errors import XctregError
-from xctreg.geometry import Camera, Pose, PoseReference, params_to_matrix, read_camera
+from xctreg.geometry import (
+    Camera,
+    Pose,
+    PoseReference,
+    PoseSpace,
+    positioner_to_view,
+    projection_matrix,
+    read_camera,
+    view_name,
+    view_rotation_delta,
+)
 from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import similarity
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.similarity import get_similarity
-from xctreg.train import ParamNormalizer, load_model
+from xctreg.train import load_model
 
 
 @dataclass
@@ -161,9 +171,6 @@ def refine(
     return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0, traj)
 
 
-PARAM_KEYS = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
-
-
 @dataclass
 class Result:
     """The registration of one X-ray.
@@ -178,6 +185,9 @@ class Result:
         image: the preprocessed X-ray on the model's detector, [0, 1].
         mask: 1 where the similarity looked (exposed field, not user-masked).
         camera: the model camera of ``image`` and ``mask``.
+        input_camera: the X-ray's own detector (the pose is the same on both: same source).
+        positioner_deg: DICOM (primary, secondary) C-arm angles, when the X-ray had them.
+        extra: more keys for the JSON (e.g. the model and CT paths).
     """
 
     pose: Pose
@@ -189,6 +199,9 @@ class Result:
     image: np.ndarray
     mask: np.ndarray
     camera: Camera
+    input_camera: Camera | None = None
+    positioner_deg: tuple[float, float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> np.ndarray:
@@ -196,14 +209,24 @@ class Result:
         return np.asarray(self.pose.params, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
-        """The SPEC §5 result object: the pose JSON plus initial, similarity, timing_s and iterations."""
-        return {
+        """The SPEC §5 result object: the pose JSON plus ``projection_matrix`` (3x4, pixels of the
+        X-ray as given), initial, similarity, timing_s and iterations; also ``geometry`` (the
+        X-ray's detector), ``positioner`` (DICOM angles and their view) and ``extra``."""
+        cam = self.input_camera or self.camera
+        d = {
             **self.pose.to_dict(),
+            "projection_matrix": projection_matrix(self.pose.T_cam_from_world, cam).tolist(),
+            "geometry": cam.to_dict(),
             "initial": self.initial.to_dict(),
             "similarity": dict(self.similarity),
             "timing_s": dict(self.timing_s),
             "iterations": int(self.iterations),
         }
+        if self.positioner_deg is not None:
+            a, b = self.positioner_deg
+            d["positioner"] = {"primary_deg": a, "secondary_deg": b, "view_deg": list(positioner_to_view(a, b))}
+        d.update(self.extra)
+        return d
 
 
 class Registrar:
@@ -219,8 +242,8 @@ class Registrar:
         self.device = torch.device(device)
         self.model, self.cfg, self.meta = load_model(self.dir, device=self.device)
         self.camera = Camera.from_dict(self.meta["camera"])
-        self.reference = PoseReference.from_dict(self.meta["reference"])
-        self.norm = ParamNormalizer(self.cfg.ranges)
+        self.space = PoseSpace(PoseReference.from_dict(self.meta["reference"]), self.cfg.ranges)
+        self.reference = self.space.reference
         self._ct = ct
         self.strict = strict
         self._renderers: dict[Any, Renderer] = {}
@@ -258,11 +281,12 @@ class Registrar:
         tags, else the model's camera. ``mask``: (H, W), 1 = use the pixel.
         """
         cam: Camera | None = None
+        positioner = None
         if isinstance(image, (str, os.PathLike)):
             from xctreg.io import read_xray
 
             xr = read_xray(image, transmission=transmission)
-            img, cam = xr.image, xr.camera
+            img, cam, positioner = xr.image, xr.camera, getattr(xr, "positioner_deg", None)
         else:
             img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
             if transmission:
@@ -275,7 +299,30 @@ class Registrar:
             cam = Camera.from_dict(geometry)
         elif geometry is not None:
             cam = read_camera(geometry)
-        return prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
+        prepared = prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
+        prepared.input_camera = cam or self.camera
+        prepared.positioner_deg = positioner
+        if positioner is not None:
+            self.check_positioner(positioner, str(image) if isinstance(image, (str, os.PathLike)) else "X-ray")
+        return prepared
+
+    def check_positioner(self, positioner_deg: tuple[float, float], name: str = "X-ray") -> bool:
+        """Warn (one line) when DICOM C-arm angles lie outside the model's view ± its rotation
+        ranges; True when inside. The in-plane angle (rz) is not given by DICOM and not checked."""
+        view = positioner_to_view(*positioner_deg)
+        delta = view_rotation_delta(view, self.reference.view_deg)
+        lo, hi = self.space.ranges.bounds()
+        inside = bool(np.all((delta[:2] >= lo[:2] - 1e-6) & (delta[:2] <= hi[:2] + 1e-6)))
+        if not inside:
+            a, b = positioner_deg
+            warnings.warn(
+                f"{name}: C-arm at primary {a:g} deg, secondary {b:g} deg (view {view_name(view)}) is "
+                f"{abs(delta[0]):.0f} deg / {abs(delta[1]):.0f} deg (rx / ry) from the model's view "
+                f"{view_name(self.reference.view_deg)}, outside its ranges rx [{lo[0]:g}, {hi[0]:g}], ry [{lo[1]:g}, {hi[1]:g}] deg; "
+                f"registration will likely fail (train a model with --view-from this X-ray)",
+                stacklevel=2,
+            )
+        return inside
 
     @torch.no_grad()
     def attention(self, image: np.ndarray | torch.Tensor | PreparedXray) -> np.ndarray:
@@ -296,8 +343,8 @@ class Registrar:
         t0 = time.perf_counter()
         xr = image if isinstance(image, PreparedXray) else self.prepare(image)
         q = self.model(torch.as_tensor(xr.image)[None, None].to(self.device))["params"].float().cpu()
-        p = self.norm.denorm(q)[0].double()
-        T = params_to_matrix(p, self.reference).numpy()
+        p = self.space.denormalize(q)[0].double()
+        T = self.space.to_matrix(p).numpy()
         return Regression(Pose(T, self.reference), p.numpy(), time.perf_counter() - t0)
 
     def register(
@@ -333,9 +380,10 @@ class Registrar:
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
-        pose = Pose.from_params(params, self.reference)
+        pose = self.space.pose(params)
         with torch.no_grad():
             drr = self.renderer(cam)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
         sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
         timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
-        return Result(pose, reg.pose, sim, timing, iters, traj, xr.image, xr.mask, cam)
+        extra = {"model_dir": str(self.dir.resolve()), "ct_path": self.meta.get("ct_path")}
+        return Result(pose, reg.pose, sim, timing, iters, traj, xr.image, xr.mask, cam, xr.input_camera, xr.positioner_deg, extra)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from xctreg._fs import write_json
-from xctreg.geometry import Camera, Pose, PoseRanges, PoseReference, sample_params
+from xctreg.geometry import Camera, Pose, PoseRanges, PoseReference, PoseSpace
 from xctreg.io.volume import Volume
 from xctreg.io.xray import XRAY_SUFFIXES, write_xray
 from xctreg.render import RenderConfig, Renderer
@@ -31,6 +31,11 @@ class SimulateConfig:
     sid_mm: float = 750.0
     seed: int = 0
     sop: str = "dx"
+    view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def reference(self, volume: Volume) -> PoseReference:
+        """The reference view of the parameters: the CT's centre, ``sid_mm`` and ``view_deg`` (SPEC §4.1)."""
+        return PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
 
 
 def pose_json_path(image_path: Path) -> Path:
@@ -54,7 +59,7 @@ def simulate_one(
     """Render one DRR at ``pose``; write the image and its pose JSON; return both paths."""
     cfg = config or SimulateConfig()
     out = Path(out)
-    reference = pose.reference or PoseReference(tuple(float(v) for v in volume.center), cfg.sid_mm)
+    reference = pose.reference or cfg.reference(volume)
     pose = Pose(pose.T_cam_from_world, reference)
     r = Renderer(volume, camera, cfg.render, device=device, reference=reference)
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -90,8 +95,9 @@ def simulate_random(
         raise XctregError(f"unsupported image format {fmt}; use one of {', '.join(XRAY_SUFFIXES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference = PoseReference(tuple(float(v) for v in volume.center), cfg.sid_mm)
-    params = sample_params(n, ranges, seed=cfg.seed)
+    space = PoseSpace(cfg.reference(volume), ranges or PoseRanges())
+    reference = space.reference
+    params = space.sample(n, seed=cfg.seed)
     r = Renderer(volume, camera, cfg.render, device=device, reference=reference)
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     entries = []
@@ -103,10 +109,11 @@ def simulate_random(
             k = s + i
             name = f"drr_{k:04d}{fmt}"
             write_xray(out_dir / name, img[0], camera=camera, sop=cfg.sop, sid_mm=cfg.sid_mm)
-            entries.append({"file": name, **Pose.from_params(params[k], reference).to_dict()})
+            entries.append({"file": name, **space.pose(params[k]).to_dict()})
         if progress is not None:
             progress(len(imgs))
     write_json(out_dir / "geometry.json", camera.to_dict())
-    write_json(out_dir / "poses.json", {"geometry": camera.to_dict(), "reference": reference.to_dict(), "poses": entries})
+    write_json(out_dir / "poses.json", {"geometry": camera.to_dict(), "reference": reference.to_dict(),
+                                        "ranges": space.ranges.to_dict(), "poses": entries})  # fmt: skip
     return out_dir / "poses.json"
 

@@ -32,7 +32,7 @@ from xctreg.data.augment import AugmentConfig, augment, clean_image, warm_spectr
 from xctreg.data.dataset import DataConfig, ShardDataset, generate
 from xctreg.data.poses import SplitConfig
 from xctreg.errors import XctregError
-from xctreg.geometry import Camera, PoseRanges, PoseReference, params_to_matrix
+from xctreg.geometry import Camera, PoseRanges, PoseReference, PoseSpace, parse_view, view_name
 from xctreg.io.volume import Volume
 from xctreg.metrics import mtre, target_points
 from xctreg.models import ModelConfig, PoseRegressor
@@ -58,6 +58,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     ranges: PoseRanges = field(default_factory=PoseRanges)
     sid_mm: float = 750.0
+    view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     stages: tuple[Stage, ...] = (Stage(0.35, 0.3, 0.2, 1500), Stage(0.7, 0.7, 0.3, 2500), Stage(1.0, 1.0, 0.5, 6000))
     curriculum: bool = True
     rehearsal: float = 0.25
@@ -97,7 +98,13 @@ class TrainConfig:
         d["model"] = ModelConfig(**d["model"])
         d["ranges"] = PoseRanges.from_dict(d["ranges"])
         d["stages"] = tuple(Stage(**s) for s in d["stages"])
+        d["view_deg"] = parse_view(d.get("view_deg", (0.0, 0.0, 0.0)))  # models before views were AP
         return cls(**d)
+
+    def space(self, volume: Volume) -> PoseSpace:
+        """The pose parameterisation of this model: the CT's centre, sid, view and ranges."""
+        ref = PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
+        return PoseSpace(ref, self.ranges)
 
 
 def preset(name: str) -> TrainConfig:
@@ -120,30 +127,13 @@ def preset(name: str) -> TrainConfig:
     raise XctregError(f"unknown preset {name!r}; use quick or paper")
 
 
-# ------------------------------------------------------------------ normalisation and loss
-class ParamNormalizer:
-    """p_norm = (p − centre) / half-width of the sampling ranges (deg, mm)."""
-
-    def __init__(self, ranges: PoseRanges) -> None:
-        lo, hi = ranges.bounds()
-        self.mid = torch.tensor((lo + hi) / 2, dtype=torch.float32)
-        self.half = torch.tensor(np.maximum((hi - lo) / 2, 1e-6), dtype=torch.float32)
-
-    def norm(self, p: torch.Tensor) -> torch.Tensor:
-        return (p - self.mid.to(p)) / self.half.to(p)
-
-    def denorm(self, q: torch.Tensor) -> torch.Tensor:
-        return q * self.half.to(q) + self.mid.to(q)
-
-
-def pose_loss(
-    q_pred: torch.Tensor, p_true: torch.Tensor, norm: ParamNormalizer, ref: PoseReference, points: torch.Tensor, cfg: TrainConfig
-) -> torch.Tensor:
+# ------------------------------------------------------------------ loss
+def pose_loss(q_pred: torch.Tensor, p_true: torch.Tensor, space: PoseSpace, points: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """L1 on normalised parameters + mean point distance (mm / point_scale_mm) over target points."""
-    l_param = F.smooth_l1_loss(q_pred, norm.norm(p_true), beta=0.05)
-    p_pred = norm.denorm(q_pred)
-    Tp = params_to_matrix(p_pred.double(), ref).float()
-    Tt = params_to_matrix(p_true.double(), ref).float()
+    l_param = F.smooth_l1_loss(q_pred, space.normalize(p_true), beta=0.05)
+    p_pred = space.denormalize(q_pred)
+    Tp = space.to_matrix(p_pred.double()).float()
+    Tt = space.to_matrix(p_true.double()).float()
     l_point = mtre(Tp, Tt, points).mean() / cfg.point_scale_mm
     return cfg.w_param * l_param + cfg.w_point * l_point
 
@@ -227,8 +217,8 @@ class Trainer:
     ) -> None:
         self.volume, self.dir, self.cfg, self.device, self.log = volume, Path(model_dir), cfg, torch.device(device), log
         self.ct_path = Path(ct_path) if ct_path is not None else None
-        self.ref = PoseReference(tuple(float(v) for v in volume.center), cfg.sid_mm)
-        self.norm = ParamNormalizer(cfg.ranges)
+        self.space = cfg.space(volume)
+        self.ref = self.space.reference
         pts = target_points(volume, n=64, seed=cfg.seed)
         self.points = torch.as_tensor(pts, dtype=torch.float32)
         self.val_points = torch.as_tensor(target_points(volume, n=1000, seed=0), dtype=torch.float32)
@@ -246,6 +236,7 @@ class Trainer:
                 "train": self.cfg.to_dict(),
                 "camera": self.cfg.camera.to_dict(),
                 "reference": self.ref.to_dict(),
+                "view": view_name(self.ref.view_deg),
                 "ranges": self.cfg.ranges.to_dict(),
                 "ct_path": str(self.ct_path.resolve()) if self.ct_path else None,
                 "ct_sha256": sha,
@@ -258,11 +249,10 @@ class Trainer:
         cfg = self.cfg
         out = []
         for k, st in enumerate(cfg.effective_stages()):
-            lo, hi = cfg.ranges.bounds()
-            mid, half = (lo + hi) / 2, (hi - lo) / 2 * st.range_scale
-            ranges = PoseRanges(**{n: (float(m - h), float(m + h)) for n, m, h in zip(cfg.ranges.to_dict(), mid, half, strict=True)})
+            ranges = cfg.ranges.scaled(st.range_scale)
             n_val = cfg.n_val if k == len(cfg.effective_stages()) - 1 else 0
-            dcfg = DataConfig(camera=cfg.camera, splits=SplitConfig(st.n_train, n_val, 0, ranges, "uniform", cfg.seed + 1000 * k), sid_mm=cfg.sid_mm)
+            dcfg = DataConfig(camera=cfg.camera, splits=SplitConfig(st.n_train, n_val, 0, ranges, "uniform", cfg.seed + 1000 * k),
+                              sid_mm=cfg.sid_mm, view_deg=cfg.view_deg)  # fmt: skip
             generate(self.volume, self.dir / "data" / f"stage{k}", dcfg, self.ct_path, self.device,
                      progress=(lambda d, t, k=k: progress(f"data stage {k}", d, t)) if progress else None)  # fmt: skip
             out.append(ShardDataset(self.dir / "data" / f"stage{k}", "train"))
@@ -273,7 +263,7 @@ class Trainer:
     def make_batch(self, L: torch.Tensor, p: torch.Tensor, strength: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented network input (B, 1, S, S) and the clean target image (B, 1, S, S)."""
         S = self.cfg.model.input_size
-        T = params_to_matrix(p.double(), self.ref)
+        T = self.space.to_matrix(p.double())
         x = augment(L, AugmentConfig().scaled(strength), g, T, self.cfg.camera, self.iso, self.half)
         clean = clean_image(L)
         if x.shape[-1] != S:
@@ -284,7 +274,7 @@ class Trainer:
     def loss(self, model: torch.nn.Module, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         out = model(x)
         with torch.autocast(device_type=x.device.type, enabled=False):  # poses in mm need float32 at least
-            loss = pose_loss(out["params"].float(), p, self.norm, self.ref, self.points.to(x.device), self.cfg)
+            loss = pose_loss(out["params"].float(), p, self.space, self.points.to(x.device), self.cfg)
         if "recon" in out:
             loss = loss + self.cfg.w_recon * F.l1_loss(out["recon"].float(), clean)
             loss = loss + self.cfg.w_latent * out["latent"].float().pow(2).mean()
@@ -302,8 +292,8 @@ class Trainer:
             p = torch.stack([b for _, b in items])
             x, _ = self.make_batch(L, p, 1.0, g)
             q = model(x.to(self.device))["params"].float().cpu()
-            Tp = params_to_matrix(self.norm.denorm(q).double(), self.ref)
-            Tt = params_to_matrix(p.double(), self.ref)
+            Tp = self.space.to_matrix(self.space.denormalize(q).double())
+            Tt = self.space.to_matrix(p.double())
             errs.append(mtre(Tp, Tt, self.val_points.double()).numpy())
         model.train()
         e = np.concatenate(errs)
@@ -349,6 +339,10 @@ class Trainer:
             raise XctregError(f"nothing to resume in {self.dir} (no last.pt)")
         if resume:
             saved = read_json(self.dir / "config.json", "model config").get("train")
+            try:  # through TrainConfig, so that fields added since (with their defaults) compare equal
+                saved = json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict()))
+            except (KeyError, TypeError, ValueError, XctregError):
+                saved = None
             if saved != json.loads(json.dumps(cfg.to_dict())):
                 raise XctregError(f"{self.dir} was trained with another configuration; resume with the same preset/seed")
         if main:

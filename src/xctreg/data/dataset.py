@@ -44,8 +44,13 @@ class DataConfig:
     splits: SplitConfig = field(default_factory=SplitConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     sid_mm: float = 750.0
+    view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     shard_size: int = 256
     batch: int = 16
+
+    def reference(self, volume: Volume) -> PoseReference:
+        """The reference view of the poses: the CT's centre, ``sid_mm`` and ``view_deg`` (SPEC §4.1)."""
+        return PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
 
     def bytes_per_sample(self) -> int:
         return 3 * self.camera.height * self.camera.width * 2
@@ -58,7 +63,7 @@ def _meta(cfg: DataConfig, volume: Volume, ct_sha256: str | None) -> dict[str, A
         "format_version": FORMAT_VERSION,
         "ct_sha256": ct_sha256,
         "camera": cfg.camera.to_dict(),
-        "reference": PoseReference(tuple(float(v) for v in volume.center), cfg.sid_mm).to_dict(),
+        "reference": cfg.reference(volume).to_dict(),
         "splits": {"n_train": sp.n_train, "n_val": sp.n_val, "n_test": sp.n_test, "method": sp.method, "seed": sp.seed},
         "ranges": sp.ranges.to_dict(),
         "render": {"decomposition": asdict(r.decomposition), "step_mm": r.step_mm, "step_factor": r.step_factor,
@@ -128,6 +133,8 @@ def generate(
     if (out / "meta.json").is_file():
         old = read_json(out / "meta.json", "dataset meta")
         old.pop("complete", None)
+        if isinstance(old.get("reference"), dict):  # datasets written before views (SPEC §4.1) were AP
+            old["reference"].setdefault("view_deg", [0.0, 0.0, 0.0])
         if old != meta:
             raise XctregError(f"{out} holds a different dataset (other CT, camera, poses or settings); use a new folder")
     elif out.exists() and any(out.iterdir()):
@@ -144,7 +151,7 @@ def generate(
                 todo.append((split, k, chunk))
     n_todo = sum(len(c) for _, _, c in todo)
 
-    renderer = Renderer(volume, cfg.camera, cfg.render, device=device, reference=PoseReference(**meta["reference"]))
+    renderer = Renderer(volume, cfg.camera, cfg.render, device=device, reference=cfg.reference(volume))
     probe = torch.as_tensor(make_splits(SplitConfig(4, 0, 0, seed=cfg.splits.seed))["train"], dtype=torch.float32)
     with torch.no_grad():
         renderer.line_integrals(probe[:1])  # warm-up: kernel compilation, caches
