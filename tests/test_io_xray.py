@@ -126,5 +126,6 @@ def test_dicom_single_spacing_value_and_permissions(tmp_path) -> None:
     assert stat.S_IMODE(os.stat(p).st_mode) & 0o044  # readable by others, like any normal file (umask permitting)
     ds = pydicom.dcmread(p)
     ds.ImagerPixelSpacing = "1.5"
+    del ds.PixelSpacing  # else it contradicts the new ImagerPixelSpacing (refused, see test_dicom.py)
     ds.save_as(tmp_path / "one.dcm")
     assert read_xray(tmp_path / "one.dcm").camera.pixel_spacing_mm == (1.5, 1.5)
