@@ -24,6 +24,18 @@ def small_phantom() -> Volume:
     return make_phantom(PhantomConfig(size=(64, 64, 64), spacing_mm=(6.0, 6.0, 6.0)))
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, small_phantom):
+    """A tiny trained model (2 steps, 32² AP) of the small phantom: ``model_dir / "m"``, CT at ``model_dir / "ct.nii.gz"``."""
+    from xctreg.io import write_volume
+    from xctreg.train import Trainer, quick_test_config
+
+    d = tmp_path_factory.mktemp("reg")
+    ct = write_volume(small_phantom, d / "ct.nii.gz")
+    Trainer(small_phantom, d / "m", quick_test_config(steps=2), ct_path=ct, log=lambda s: None).fit()
+    return d
+
+
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """Run ``xctreg ARGS...`` in process; returns exit code, stdout and stderr."""

@@ -35,17 +35,6 @@ def test_refinement_reaches_submillimetre_across_a_domain_gap() -> None:
     assert res.iterations > 0 and res.similarity > 0.8
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, small_phantom):
-    from xctreg.io import write_volume
-    from xctreg.train import Trainer, quick_test_config
-
-    d = tmp_path_factory.mktemp("reg")
-    ct = write_volume(small_phantom, d / "ct.nii.gz")
-    Trainer(small_phantom, d / "m", quick_test_config(steps=2), ct_path=ct, log=lambda s: None).fit()
-    return d
-
-
 def test_register_cli_dicom_end_to_end(cli, model_dir, tmp_path) -> None:
     m = model_dir / "m"
     pose = {"params": {"rx_deg": 3, "ry_deg": -2, "rz_deg": 4, "tx_mm": 5, "ty_mm": -5, "tz_mm": 10}}

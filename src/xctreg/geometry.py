@@ -731,7 +731,13 @@ def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, flo
     """DICOM (primary, secondary) angles in degrees of a view's beam direction (inverse of
     :func:`positioner_to_view` up to the in-plane rotation vz)."""
     R = PoseReference((0.0, 0.0, 0.0), view_deg=view_deg).rotation()
-    d = R[2].numpy()  # camera z (the beam) in world
+    return rotation_to_positioner(R.numpy())
+
+
+def rotation_to_positioner(R: Any) -> tuple[float, float]:
+    """DICOM (primary, secondary) angles in degrees of the beam of a pose's rotation
+    (``T_cam_from_world[:3, :3]``): the camera's z axis in world LPS is the beam."""
+    d = np.asarray(R, dtype=np.float64)[2]
     b = math.degrees(math.asin(max(-1.0, min(1.0, float(d[2])))))
     a = math.degrees(math.atan2(float(d[0]), -float(d[1])))
     return round(a, 9) + 0.0, round(b, 9) + 0.0

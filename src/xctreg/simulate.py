@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from xctreg._fs import write_json
-from xctreg.geometry import Camera, Pose, PoseRanges, PoseReference, PoseSpace
+from xctreg.geometry import Camera, Pose, PoseRanges, PoseReference, PoseSpace, rotation_to_positioner
 from xctreg.io.volume import Volume
 from xctreg.io.xray import XRAY_SUFFIXES, write_xray
 from xctreg.render import RenderConfig, Renderer
@@ -65,7 +65,8 @@ def simulate_one(
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     with torch.no_grad():
         img = r(torch.as_tensor(pose.T_cam_from_world, dtype=torch.float32)[None], generator=g)[0, 0]
-    write_xray(out, img.float().cpu().numpy(), camera=camera, sop=cfg.sop, sid_mm=reference.sid_mm)
+    write_xray(out, img.float().cpu().numpy(), camera=camera, sop=cfg.sop, sid_mm=reference.sid_mm,
+               positioner_deg=rotation_to_positioner(pose.T_cam_from_world[:3, :3]))  # fmt: skip
     pj = pose_json_path(out)
     write_json(pj, pose.to_dict())
     return out, pj
@@ -108,8 +109,10 @@ def simulate_random(
         for i, img in enumerate(imgs):
             k = s + i
             name = f"drr_{k:04d}{fmt}"
-            write_xray(out_dir / name, img[0], camera=camera, sop=cfg.sop, sid_mm=cfg.sid_mm)
-            entries.append({"file": name, **space.pose(params[k]).to_dict()})
+            pose = space.pose(params[k])
+            write_xray(out_dir / name, img[0], camera=camera, sop=cfg.sop, sid_mm=cfg.sid_mm,
+                       positioner_deg=rotation_to_positioner(pose.T_cam_from_world[:3, :3]))  # fmt: skip
+            entries.append({"file": name, **pose.to_dict()})
         if progress is not None:
             progress(len(imgs))
     write_json(out_dir / "geometry.json", camera.to_dict())
