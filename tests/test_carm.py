@@ -151,3 +151,38 @@ def test_evaluate_with_target_points(model_dir, tmp_path, cli) -> None:
     assert m["targets"] == "2 given points" and set(m["param_bias"]) == set(m["param_mae"])
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     assert_one_line_error(cli("evaluate", model_dir / "m", "--n", "2", "--targets", tmp_path / "bad.csv"), "x,y,z")
+
+
+def test_register_warns_when_patient_orientation_says_the_image_is_mirrored(model_dir, tmp_path, cli) -> None:
+    import pydicom
+
+    from xctreg.io import read_xray, write_xray
+
+    img = np.random.default_rng(1).random((32, 32)).astype(np.float32)
+    cam = Camera.from_dict(json.loads((model_dir / "m" / "geometry.json").read_text()))
+    for name, orient in (("ok", ["L", "F"]), ("mirror", ["R", "FL"])):
+        write_xray(tmp_path / f"{name}.dcm", img, cam)
+        ds = pydicom.dcmread(tmp_path / f"{name}.dcm")
+        ds.PatientOrientation = orient
+        ds.save_as(tmp_path / f"{name}.dcm")
+    assert read_xray(tmp_path / "mirror.dcm").patient_orientation == ("R", "FL")
+    res = cli("register", model_dir / "m", tmp_path / "ok.dcm", "--no-refine", "--out", tmp_path / "a.json")
+    assert res.code == 0 and "warning" not in res.err, res.err
+    res = cli("register", model_dir / "m", tmp_path / "mirror.dcm", "--no-refine", "--out", tmp_path / "b.json")
+    assert res.code == 0, res.err
+    warn = [ln for ln in res.err.splitlines() if ln.startswith("warning:")]
+    assert len(warn) == 1 and "mirrored left-right" in warn[0], res.err
+
+
+@pytest.mark.parametrize(
+    ("view", "orient", "kind"),
+    [((0.0, 0.0, 0.0), ("L", "F"), None), ((0.0, 180.0, 0.0), ("L", "F"), "mirrored left-right"),
+     ((0.0, 90.0, 0.0), ("P", "F"), None), ((0.0, 90.0, 0.0), ("A", "F"), "mirrored left-right"),
+     ((0.0, 0.0, 0.0), ("L", "H"), "mirrored top-bottom"), ((0.0, 0.0, 0.0), ("R", "H"), "180"),
+     ((0.0, 0.0, 0.0), ("F", "L"), "not oriented")],
+)
+def test_image_orientation_check(view, orient, kind) -> None:
+    from xctreg.geometry import PoseReference, image_orientation_check
+
+    msg = image_orientation_check(PoseReference((0.0, 0.0, 0.0), view_deg=view).rotation().numpy(), orient)
+    assert (msg is None) if kind is None else (kind in msg)

@@ -1,4 +1,7 @@
-"""The README's set-up commands stay in sync with CI and the CLI."""
+"""The README's set-up commands stay in sync with CI and the CLI.
+
+The set-up commands are the README's ```bash blocks (exactly two); usage examples
+are ```shell blocks, and every ``xctreg`` subcommand they name must exist."""
 
 from __future__ import annotations
 
@@ -28,3 +31,12 @@ def test_main_job_uses_registered_commands(cli) -> None:
     help_text = cli("--help").out + cli("data", "--help").out
     for sub in re.findall(r"xctreg ([a-z-]+)", main_job):
         assert sub in help_text
+
+
+def test_usage_examples_use_registered_commands(cli) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```shell\n(.*?)```", readme, flags=re.S)
+    assert blocks, "the README shows at least one usage example"
+    help_text = cli("--help").out
+    for sub in re.findall(r"^xctreg ([a-z-]+)", "\n".join(blocks), flags=re.M):
+        assert f" {sub} " in help_text, sub

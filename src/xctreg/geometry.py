@@ -34,6 +34,8 @@ from xctreg.errors import XctregError
 
 PARAM_NAMES = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
 PARAM_UNITS = ("deg", "deg", "deg", "mm", "mm", "mm")
+#: Where the rotations (deg) and the translations (mm) sit in a parameter vector.
+ROT, TRANS = slice(0, 3), slice(3, 6)
 
 #: Named reference views (SPEC §4.1): (vx, vy, vz) in degrees, named by where the source is.
 VIEWS: dict[str, tuple[float, float, float]] = {
@@ -658,6 +660,13 @@ class PoseSpace:
         mid, half = self._centre_half(q)
         return q * half + mid
 
+    @staticmethod
+    def difference(p_est: Any, p_ref: Any) -> np.ndarray:
+        """Signed parameter errors (…,6) ``p_est − p_ref`` (deg, mm), angles wrapped to [−180, 180)."""
+        d = np.asarray(p_est, dtype=np.float64) - np.asarray(p_ref, dtype=np.float64)
+        d[..., ROT] = (d[..., ROT] + 180.0) % 360.0 - 180.0
+        return d
+
     def sample(self, n: int, seed: int | None = 0) -> np.ndarray:
         """``n`` parameter vectors (n,6) drawn uniformly within the ranges."""
         return sample_params(n, self.ranges, seed)
@@ -725,6 +734,43 @@ def beam_to_view(direction: Any) -> tuple[float, float, float]:
     assert best is not None
     vx, vy = (round(v, 9) + 0.0 for v in best)
     return (vx, 180.0 if vy <= -180.0 else vy, 0.0)
+
+
+_LPS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
+
+
+def direction_letter(v: Any) -> str:
+    """The patient direction (L, R, A, P, H or F) that a world (LPS) vector mostly points to."""
+    v = np.asarray(v, dtype=np.float64)
+    k = int(np.argmax(np.abs(v)))
+    return _LPS_LETTERS[k][int(v[k] > 0)]
+
+
+def image_orientation_check(R: Any, patient_orientation: tuple[str, str]) -> str | None:
+    """Compare a DICOM PatientOrientation with the image axes of a camera rotation (world -> camera).
+
+    Returns None when they agree, else a one-line description: the image is mirrored
+    left-right or top-bottom, turned 180°, or its axes differ. The SPEC camera's rows run
+    along camera +x and its columns along camera +y.
+    """
+    R = np.asarray(R, dtype=np.float64)
+    want = (direction_letter(R[0]), direction_letter(R[1]))
+    got = (patient_orientation[0][0], patient_orientation[1][0])
+    if got == want:
+        return None
+    opposite = {a: b for pair in _LPS_LETTERS for a, b in (pair, pair[::-1])}
+    flips = [g == opposite[w] for g, w in zip(got, want, strict=True)]
+    same = [g == w for g, w in zip(got, want, strict=True)]
+    if flips[0] and same[1]:
+        kind = "mirrored left-right"
+    elif same[0] and flips[1]:
+        kind = "mirrored top-bottom"
+    elif all(flips):
+        kind = "turned by 180 degrees"
+    else:
+        kind = "not oriented like the model's view"
+    return (f"the image is {kind}: PatientOrientation says rows run towards {got[0]} and columns towards {got[1]}, "
+            f"the camera expects {want[0]} and {want[1]} (SPEC §3: the image as seen from the source)")
 
 
 def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, float]:

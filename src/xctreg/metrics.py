@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xctreg.geometry import Camera, PARAM_NAMES, project, transform_points
+from xctreg.geometry import PARAM_NAMES, Camera, PoseSpace, project, transform_points
 from xctreg.io.volume import Volume
 
 SR_THRESHOLDS_MM = (10.0, 5.0, 2.0, 1.0)
@@ -45,15 +45,13 @@ def success_rates(mtre_mm: np.ndarray, thresholds: tuple[float, ...] = SR_THRESH
 
 def param_errors(p_est: np.ndarray, p_gt: np.ndarray) -> dict[str, float]:
     """Mean absolute error per parameter (deg / mm); angles wrapped to [-180, 180)."""
-    d = np.abs(np.asarray(p_est) - np.asarray(p_gt)).reshape(-1, 6)
-    d[:, :3] = np.abs((d[:, :3] + 180.0) % 360.0 - 180.0)
+    d = np.abs(PoseSpace.difference(p_est, p_gt)).reshape(-1, len(PARAM_NAMES))
     return {name: float(v) for name, v in zip(PARAM_NAMES, d.mean(0), strict=True)}
 
 
 def param_bias(p_est: np.ndarray, p_gt: np.ndarray) -> dict[str, float]:
     """Mean signed error (estimate − truth) per parameter (deg / mm); angles wrapped to [-180, 180)."""
-    d = (np.asarray(p_est) - np.asarray(p_gt)).reshape(-1, 6)
-    d[:, :3] = (d[:, :3] + 180.0) % 360.0 - 180.0
+    d = PoseSpace.difference(p_est, p_gt).reshape(-1, len(PARAM_NAMES))
     return {name: float(v) for name, v in zip(PARAM_NAMES, d.mean(0), strict=True)}
 
 

@@ -31,9 +31,12 @@ import torch.nn.functional as F
 from xctreg._fs import sha256_file
 from xctreg.errors import XctregError
 from xctreg.geometry import (
+    ROT,
+    TRANS,
     Camera,
     Pose,
     PoseReference,
+    image_orientation_check,
     PoseSpace,
     positioner_to_view,
     projection_matrix,
@@ -146,8 +149,8 @@ def refine(
         r = cached_renderer(renderers, volume, camera.resized(h, w), cfg.render, reference)
         y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
         mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
-        rot = p[:, :3].clone().requires_grad_(True)
-        tr = p[:, 3:].clone().requires_grad_(True)
+        rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
+        tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
         opt = torch.optim.Adam([{"params": [rot], "lr": cfg.lr_rot_deg * f}, {"params": [tr], "lr": cfg.lr_trans_mm * f}])
         best_s, best_p, stale = -2.0, p.clone(), 0
@@ -286,7 +289,11 @@ class Registrar:
             from xctreg.io import read_xray
 
             xr = read_xray(image, transmission=transmission)
-            img, cam, positioner = xr.image, xr.camera, getattr(xr, "positioner_deg", None)
+            img, cam, positioner = xr.image, xr.camera, xr.positioner_deg
+            if xr.patient_orientation is not None:
+                msg = image_orientation_check(self.reference.rotation().numpy(), xr.patient_orientation)
+                if msg is not None:
+                    warnings.warn(f"{image}: {msg}; flip it before registering", stacklevel=2)
         else:
             img = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
             if transmission:

@@ -48,12 +48,16 @@ class XRay:
         path: source file.
         positioner_deg: DICOM (PositionerPrimaryAngle, PositionerSecondaryAngle) in
             degrees (RAO- / LAO+, CAU- / CRA+), else None.
+        patient_orientation: DICOM PatientOrientation (0020,0020): the patient directions
+            (letters of L, R, A, P, H, F; the first predominant) along a row (left to right)
+            and down a column (top to bottom), else None.
     """
 
     image: np.ndarray
     camera: Camera | None = None
     path: Path | None = None
     positioner_deg: tuple[float, float] | None = None
+    patient_orientation: tuple[str, str] | None = None
 
     @property
     def view_deg(self) -> tuple[float, float, float] | None:
@@ -104,6 +108,7 @@ class _DicomXRay:
     camera: Camera | None
     positioner_deg: tuple[float, float] | None
     relationship: str | None  # "LIN" or "LOG" when the tags decided the intensity mapping
+    patient_orientation: tuple[str, str] | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -213,7 +218,18 @@ def _read_dicom(p: Path) -> _DicomXRay:
     rel, sign = _intensity_tags(ds, p)
     mono1 = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1"
     img = _to_attenuation(v, top, rel, sign, mono1, p)
-    return _DicomXRay(img, _camera_from_dicom(ds, p), _positioner_from_dicom(ds, p), rel)
+    return _DicomXRay(img, _camera_from_dicom(ds, p), _positioner_from_dicom(ds, p), rel, _patient_orientation(ds))
+
+
+def _patient_orientation(ds: Any) -> tuple[str, str] | None:
+    """PatientOrientation as two upper-case strings of L/R/A/P/H/F, None when absent or unusable."""
+    vals = getattr(ds, "PatientOrientation", None)
+    if vals is None or isinstance(vals, str) or len(vals) != 2:
+        return None
+    out = tuple(str(v).strip().upper() for v in vals)
+    if not all(o and set(o) <= set("LRAPHF") for o in out):
+        return None
+    return (out[0], out[1])
 
 
 def _positioner_from_dicom(ds: Any, p: Path) -> tuple[float, float] | None:
@@ -329,7 +345,7 @@ def read_xray(path: str | os.PathLike[str], transmission: bool = False) -> XRay:
     p = Path(path)
     if not p.is_file():
         raise XctregError(f"X-ray not found: {p}")
-    camera, positioner, rel = None, None, None
+    camera, positioner, rel, orient = None, None, None, None
     s = _suffix(p)
     if s == ".npy":
         try:
@@ -338,7 +354,7 @@ def read_xray(path: str | os.PathLike[str], transmission: bool = False) -> XRay:
             raise XctregError(f"cannot read X-ray {p}: {str(exc).splitlines()[0][:200]}") from None
     elif _is_dicom(p):
         d = _read_dicom(p)
-        arr, camera, positioner, rel = d.image, d.camera, d.positioner_deg, d.relationship
+        arr, camera, positioner, rel, orient = d.image, d.camera, d.positioner_deg, d.relationship, d.patient_orientation
     elif s in (".png", ".tif", ".tiff"):
         try:
             arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
@@ -352,7 +368,7 @@ def read_xray(path: str | os.PathLike[str], transmission: bool = False) -> XRay:
         warnings.warn(f"{p.name} says PixelIntensityRelationship {rel}; ignoring transmission (--transmission)", stacklevel=2)
     elif transmission:
         img = transmission_to_attenuation(img)
-    return XRay(img, camera, p, positioner)
+    return XRay(img, camera, p, positioner, orient)
 
 
 def transmission_to_attenuation(img: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 Input: X-ray images (B, 1, S, S) in [0, 1]; each image is standardised inside
 the network (zero mean, unit variance), so train and eval behave alike.
-Output: the 6 pose parameters normalised to the sampling ranges,
-p_norm = (p − centre) / half-width, so the training range maps to [−1, 1].
+Output: the 6 pose parameters normalised to the sampling ranges by
+``geometry.PoseSpace.normalize`` (the training range maps to [−1, 1]).
 
 * (A) MONAI ``EfficientNetBNFeatures("efficientnet-b0")`` from scratch, one
   input channel, GroupNorm by default (identical in train and eval mode; the
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xctreg.errors import XctregError
+from xctreg.geometry import PARAM_NAMES
 
 VARIANTS = ("A", "A+B", "A+C", "A+B+C")
 
@@ -132,7 +133,7 @@ class PoseRegressor(nn.Module):
         if cfg.use_ae:
             self.decoder = Decoder(cfg.embed_dim)
         self.head = nn.Sequential(
-            nn.Linear(cfg.embed_dim, 256), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(256, 6)
+            nn.Linear(cfg.embed_dim, 256), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(256, len(PARAM_NAMES))
         )
 
     @staticmethod
