@@ -207,3 +207,59 @@ def _geom(tmp_path) -> str:
     p = tmp_path / "g.json"
     p.write_text(json.dumps({"sdd_mm": 1020, "height": 32, "width": 32, "pixel_spacing_mm": [12.8, 12.8]}))
     return str(p)
+
+
+def test_a_model_trained_around_a_view_records_and_uses_it(tmp_path, small_phantom) -> None:
+    """Training data, config.json and the Registrar all carry the lateral view."""
+    from dataclasses import replace
+
+    from xctreg.data.dataset import ShardDataset
+    from xctreg.io import write_volume
+    from xctreg.register import Registrar
+    from xctreg.render import Renderer
+    from xctreg.train import Trainer, quick_test_config
+
+    ct = write_volume(small_phantom, tmp_path / "ct.nii.gz")
+    cfg = quick_test_config(steps=2, view_deg=(0.0, 90.0, 0.0), ranges=parse_ranges("5,5,5,10,10,20"))
+    Trainer(small_phantom, tmp_path / "m", cfg, ct_path=ct, log=lambda s: None).fit()
+    conf = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert conf["reference"]["view_deg"] == [0.0, 90.0, 0.0] and conf["view"] == "lat-left"
+    assert conf["ranges"]["tz_mm"] == [-20.0, 20.0]
+    data = ShardDataset(tmp_path / "m" / "data" / "stage1", "train")
+    assert data.reference.view_deg == (0.0, 90.0, 0.0)
+    L, p = data[0]
+    assert np.all(np.abs(p.numpy()) <= [5, 5, 5, 10, 10, 20])
+    r = Renderer(small_phantom, cfg.camera, reference=data.reference)
+    want = r.line_integrals(p[None].float())[0]
+    assert torch.allclose(L.float(), want, rtol=0.02, atol=0.02)  # the stored DRR is the lateral one
+    reg = Registrar(tmp_path / "m", ct=small_phantom)
+    assert reg.space.reference.view_deg == (0.0, 90.0, 0.0) and reg.space.ranges == cfg.ranges
+    out = reg.regress(np.asarray(r(p[None].float())[0, 0]))
+    assert np.allclose(reg.space.from_matrix(torch.as_tensor(out.pose.T_cam_from_world)).numpy(), out.params, atol=1e-6)
+    # resuming with the same configuration works; another view is refused
+    again = Trainer(small_phantom, tmp_path / "m", cfg, ct_path=ct, log=lambda s: None).fit(resume=True)
+    assert again.step == cfg.steps
+    with pytest.raises(XctregError, match="another configuration"):
+        Trainer(small_phantom, tmp_path / "m", replace(cfg, view_deg=(0.0, 0.0, 0.0)), ct_path=ct, log=lambda s: None).fit(resume=True)
+
+
+def test_a_model_dir_from_before_views_loads_as_ap(model_dir, tmp_path) -> None:
+    import shutil
+
+    from xctreg.register import Registrar
+    from xctreg.train import Trainer, TrainConfig
+
+    m = tmp_path / "old"
+    shutil.copytree(model_dir / "m", m)
+    conf = json.loads((m / "config.json").read_text())
+    del conf["train"]["view_deg"], conf["reference"]["view_deg"], conf["view"]
+    (m / "config.json").write_text(json.dumps(conf))
+    reg = Registrar(m)
+    assert reg.space.reference.view_deg == (0.0, 0.0, 0.0)
+    cfg = TrainConfig.from_dict(conf["train"])
+    assert cfg.view_deg == (0.0, 0.0, 0.0)
+    from xctreg.io import read_volume
+
+    vol = read_volume(model_dir / "ct.nii.gz")
+    res = Trainer(vol, m, cfg, ct_path=model_dir / "ct.nii.gz", log=lambda s: None).fit(resume=True)
+    assert res.step == cfg.steps
