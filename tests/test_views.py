@@ -263,3 +263,20 @@ def test_a_model_dir_from_before_views_loads_as_ap(model_dir, tmp_path) -> None:
     vol = read_volume(model_dir / "ct.nii.gz")
     res = Trainer(vol, m, cfg, ct_path=model_dir / "ct.nii.gz", log=lambda s: None).fit(resume=True)
     assert res.step == cfg.steps
+
+
+def test_simulated_dicoms_carry_the_c_arm_angles_of_their_pose(tmp_path, cli, small_phantom) -> None:
+    from xctreg.io import read_xray, write_volume
+
+    ct = write_volume(small_phantom, tmp_path / "ct.nii.gz")
+    res = cli("simulate", ct, "--random", "3", "--out", tmp_path / "o", "--view", "lat-left", "--format", "dcm",
+              "--mode", "line", "--geometry", _geom(tmp_path))  # fmt: skip
+    assert res.code == 0, res.err
+    poses = json.loads((tmp_path / "o" / "poses.json").read_text())["poses"]
+    for e in poses:
+        xr = read_xray(tmp_path / "o" / e["file"])
+        beam = np.asarray(e["T_cam_from_world"])[2, :3]  # camera z in world = the beam
+        a, b = np.radians(xr.positioner_deg)
+        assert np.allclose(beam, [np.sin(a) * np.cos(b), -np.cos(a) * np.cos(b), np.sin(b)], atol=1e-6)
+        delta = view_rotation_delta(xr.view_deg, VIEWS["lat-left"])
+        assert np.all(np.abs(delta[:2]) < 25.0)  # near the lateral view (rx, ry; rz is not in DICOM)
