@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from xctreg._fs import atomic_path, write_json
-from xctreg.data.poses import sample_poses
 from xctreg.geometry import view_name
 from xctreg.metrics import mpd, mtre, param_bias, param_errors, success_rates, target_points
 from xctreg.physics import DetectorConfig
@@ -42,7 +41,7 @@ def evaluate(
     (up to 5000 CT voxels with HU > -200)."""
     reg = Registrar(model_dir, device=device)
     vol = reg.ct()
-    params = sample_poses(n, reg.cfg.ranges, seed=seed)
+    params = reg.space.sample(n, seed=seed)  # around the model's view, within its ranges
     render = Renderer(vol, reg.camera, RenderConfig(detector=DetectorConfig(photons=photons, blur_px=0.5)), reference=reg.reference)
     g = torch.Generator().manual_seed(seed)
     pred, times, sims, t_reg, t_ref = [], [], [], [], []
