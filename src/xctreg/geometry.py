@@ -681,10 +681,6 @@ class PoseSpace:
         ranges = PoseRanges.from_dict(d["ranges"]) if "ranges" in d else PoseRanges()
         return cls(PoseReference.from_dict(d["reference"], name=f"{name} reference"), ranges)
 
-    def delta_from(self, T: Any) -> np.ndarray:
-        """Parameters (deg, mm) of a matrix relative to this reference, for checks against the ranges."""
-        return self.from_matrix(torch.as_tensor(np.asarray(T, dtype=np.float64))).numpy()
-
 
 def view_rotation_delta(view_a: tuple[float, float, float], view_b: tuple[float, float, float]) -> np.ndarray:
     """(rx, ry, rz) in degrees that take reference view ``view_b`` to ``view_a``:

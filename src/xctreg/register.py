@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from xctreg.geometry import (
     Camera,
     Pose,
     PoseReference,
-    image_orientation_check,
     PoseSpace,
+    image_orientation_check,
     positioner_to_view,
     projection_matrix,
     read_camera,
@@ -245,7 +245,7 @@ class Registrar:
         self.device = torch.device(device)
         self.model, self.cfg, self.meta = load_model(self.dir, device=self.device)
         self.camera = Camera.from_dict(self.meta["camera"])
-        self.space = PoseSpace(PoseReference.from_dict(self.meta["reference"]), self.cfg.ranges)
+        self.space = PoseSpace.from_dict(self.meta, name=f"{self.dir / 'config.json'}")
         self.reference = self.space.reference
         self._ct = ct
         self.strict = strict
@@ -307,8 +307,7 @@ class Registrar:
         elif geometry is not None:
             cam = read_camera(geometry)
         prepared = prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
-        prepared.input_camera = cam or self.camera
-        prepared.positioner_deg = positioner
+        prepared = replace(prepared, input_camera=cam or self.camera, positioner_deg=positioner)
         if positioner is not None:
             self.check_positioner(positioner, str(image) if isinstance(image, (str, os.PathLike)) else "X-ray")
         return prepared

@@ -235,9 +235,8 @@ class Trainer:
                 "format": "xctreg-model-1",
                 "train": self.cfg.to_dict(),
                 "camera": self.cfg.camera.to_dict(),
-                "reference": self.ref.to_dict(),
+                **self.space.to_dict(),  # "reference" (isocenter, sid, view) and "ranges"
                 "view": view_name(self.ref.view_deg),
-                "ranges": self.cfg.ranges.to_dict(),
                 "ct_path": str(self.ct_path.resolve()) if self.ct_path else None,
                 "ct_sha256": sha,
             },
