@@ -79,14 +79,12 @@ def _view_and_ranges(view: str | None, ranges: str | None, view_from: Path | Non
 
 def _view_from_xray(path: Path) -> tuple[float, float, float]:
     """The view of a DICOM X-ray's C-arm, from its positioner angles."""
-    from xctreg.geometry import positioner_to_view
     from xctreg.io import read_xray
 
-    xr = read_xray(path)
-    pos = getattr(xr, "positioner_deg", None)
-    if pos is None:
+    view = read_xray(path).view_deg
+    if view is None:
         raise XctregError(f"{path} has no PositionerPrimaryAngle/PositionerSecondaryAngle; use --view instead")
-    return positioner_to_view(*pos)
+    return view
 
 
 def _progress(label: str | None, transient: bool = True):  # noqa: ANN202 - rich Progress, imported lazily

@@ -258,17 +258,19 @@ class PoseReference:
     isocenter_mm: tuple[float, float, float]
     sid_mm: float = DEFAULT_SID_MM
     view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    _rotation: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         vals = [*self.isocenter_mm, self.sid_mm]
         if len(self.isocenter_mm) != 3 or not all(math.isfinite(float(v)) for v in vals) or self.sid_mm <= 0:
             raise XctregError(f"pose reference needs a finite isocenter and a positive sid, got {self.isocenter_mm}, {self.sid_mm}")
         object.__setattr__(self, "view_deg", parse_view(self.view_deg))
+        # computed once: params_to_matrix runs on every refinement step and training batch
+        object.__setattr__(self, "_rotation", view_rotmat(self.view_deg) @ torch.tensor(R_AP, dtype=torch.float64))
 
     def rotation(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
         """R_view · R_ap (3x3): world LPS axes -> camera axes of the reference view."""
-        r_view = euler_to_rotmat(torch.tensor(self.view_deg, dtype=torch.float64))
-        return (r_view @ torch.tensor(R_AP, dtype=torch.float64)).to(dtype=dtype, device=device)
+        return self._rotation.to(dtype=dtype, device=device)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -324,11 +326,16 @@ def parse_view(view: str | Any) -> tuple[float, float, float]:
     return (vals[0] + 0.0, vals[1] + 0.0, vals[2] + 0.0)
 
 
+def view_rotmat(view_deg: Any) -> torch.Tensor:
+    """R_view = Rz(vz) Ry(vy) Rx(vx) (3x3, float64) of a view (vx, vy, vz) in degrees."""
+    return euler_to_rotmat(torch.tensor(tuple(view_deg), dtype=torch.float64))
+
+
 def view_name(view_deg: tuple[float, float, float]) -> str:
     """The name of a view if it has one, else "VX,VY,VZ"."""
-    R = euler_to_rotmat(torch.tensor(view_deg, dtype=torch.float64))
+    R = view_rotmat(view_deg)
     for name, v in VIEWS.items():
-        if torch.allclose(euler_to_rotmat(torch.tensor(v, dtype=torch.float64)), R, atol=1e-9):
+        if torch.allclose(view_rotmat(v), R, atol=1e-9):
             return name
     return ",".join(f"{a:g}" for a in view_deg)
 
@@ -685,9 +692,7 @@ class PoseSpace:
 def view_rotation_delta(view_a: tuple[float, float, float], view_b: tuple[float, float, float]) -> np.ndarray:
     """(rx, ry, rz) in degrees that take reference view ``view_b`` to ``view_a``:
     R_view(a) = Rz Ry Rx · R_view(b)."""
-    ra = euler_to_rotmat(torch.tensor(view_a, dtype=torch.float64))
-    rb = euler_to_rotmat(torch.tensor(view_b, dtype=torch.float64))
-    return rotmat_to_euler(ra @ rb.T).numpy()
+    return rotmat_to_euler(view_rotmat(view_a) @ view_rotmat(view_b).T).numpy()
 
 
 # --------------------------------------------------------------------------- DICOM positioner angles
@@ -772,8 +777,7 @@ def image_orientation_check(R: Any, patient_orientation: tuple[str, str]) -> str
 def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, float]:
     """DICOM (primary, secondary) angles in degrees of a view's beam direction (inverse of
     :func:`positioner_to_view` up to the in-plane rotation vz)."""
-    R = PoseReference((0.0, 0.0, 0.0), view_deg=view_deg).rotation()
-    return rotation_to_positioner(R.numpy())
+    return rotation_to_positioner((view_rotmat(view_deg) @ torch.tensor(R_AP, dtype=torch.float64)).numpy())
 
 
 def rotation_to_positioner(R: Any) -> tuple[float, float]:
