@@ -315,6 +315,17 @@ class Trainer:
 
         ``tensorboard``: also log loss, learning rate and validation to MODEL_DIR/tensorboard
         (needs the ``tensorboard`` package)."""
+        joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+        try:
+            return self._fit(resume, progress, max_steps, tensorboard)
+        finally:
+            # leave the process group that fit joined, so that no rank exits while a peer's Gloo
+            # connection is still open (an unclean exit can abort the slower rank)
+            if not joined and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+    def _fit(self, resume: bool, progress: Callable[[str, int, int], None] | None, max_steps: int | None,
+             tensorboard: bool) -> TrainResult:  # fmt: skip
         cfg = self.cfg
         rank, world, local = init_distributed(self.device)
         if world > 1 and self.device.type == "cuda":
