@@ -130,3 +130,33 @@ def test_prepare_bad_inputs(noisy) -> None:
     flat_field = np.where(_disk(96, 96, 30), 1.0, 0.0).astype(np.float32)  # only shutter and a constant disk
     with pytest.raises(XctregError, match="blank"):
         prepare_xray(flat_field, cam, cam)
+
+
+@pytest.mark.parametrize("shape", ["circle", "rectangle"])
+def test_leaky_collimator_detected(noisy, shape: str) -> None:
+    """A collimator that lets 3 % through adds a constant to the −log image: anatomy still shows
+    behind it and nothing is flat, yet the field is found (bug: such X-rays were registered
+    with the collimated border in the similarity and the regressor's input)."""
+    img = noisy[0]
+    h, w = img.shape
+    if shape == "circle":
+        inside = _disk(h, w, 38, cu=50.0, cv=45.0)
+    else:
+        inside = np.zeros((h, w), bool)
+        inside[:, 12:82] = True  # two vertical shutters
+    x = (img + np.where(inside, 0.0, -np.log(0.03) * np.ptp(img) / 3.5)).astype(np.float32)
+    field = detect_field(x)
+    assert not (field & ~inside).any()
+    assert (field & inside).sum() / inside.sum() > 0.85
+
+
+def test_leaky_collimator_not_found_in_anatomy(noisy) -> None:
+    """Plain anatomy, and a bright disc inside (anatomy brighter than its surroundings: the
+    image steps down outwards), are not taken for a collimator. (A dark disc with brighter
+    surroundings all round is what an iris looks like, and is found.)"""
+    from xctreg.preprocess import leaky_collimator
+
+    img = noisy[0]
+    assert not leaky_collimator(img).any()
+    x = (img + 0.5 * np.ptp(img) * _disk(*img.shape, 30)).astype(np.float32)
+    assert leaky_collimator(x).mean() < 0.01

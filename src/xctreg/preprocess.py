@@ -37,6 +37,10 @@ class PreprocessConfig:
         min_area: the smallest collimated region, as a fraction of the image.
         margin_px: pixels of the field's edge (collimator penumbra) also left out.
         min_field: the field must keep at least this fraction of the image.
+        leaky: also find collimators that let some radiation through (anatomy still shows
+            behind them, brighter by a constant in this bone-bright, −log image): a circle or
+            straight edges along which the image steps up outwards (``leaky_collimator``).
+        leaky_step: the smallest such step, as a fraction of the image's range.
     """
 
     collimator: bool = True
@@ -44,6 +48,8 @@ class PreprocessConfig:
     min_area: float = 0.005
     margin_px: int = 2
     min_field: float = 0.05
+    leaky: bool = True
+    leaky_step: float = 0.15
 
 
 @dataclass
@@ -94,6 +100,10 @@ def detect_field(image: np.ndarray, config: PreprocessConfig | None = None) -> n
         for lab in edge[edge > 0]:
             if areas[lab] >= cfg.min_area * x.size:
                 outside |= labels == lab
+    if cfg.leaky:
+        leak = leaky_collimator(x, cfg)
+        if (leak & outside).sum() < 0.5 * leak.sum():  # not just the opaque shutter found above
+            outside |= leak
     if not outside.any():
         return np.ones(x.shape, dtype=bool)
     # the 3x3 flatness test misses the shutter's last pixel row next to the field: add it back
@@ -139,6 +149,111 @@ def same_detector(a: Camera, b: Camera) -> bool:
         for p, q in [(a.sdd_mm, b.sdd_mm), (a.pixel_spacing_mm[0], b.pixel_spacing_mm[0]),
                      (a.pixel_spacing_mm[1], b.pixel_spacing_mm[1]), (a.cx, b.cx), (a.cy, b.cy)]
     )  # fmt: skip
+
+
+def _edge_pixels(x: np.ndarray, share: float = 0.03) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns (float) and the smoothed image of the ``share`` strongest-gradient pixels."""
+    from scipy import ndimage
+
+    s = ndimage.gaussian_filter(x, 1.0)
+    g = np.hypot(ndimage.sobel(s, 0), ndimage.sobel(s, 1))
+    rr, cc = np.nonzero(g >= np.quantile(g, 1.0 - share))
+    return rr.astype(np.float64), cc.astype(np.float64), s
+
+
+def _circle(p: np.ndarray) -> tuple[float, float, float] | None:
+    """(row, col, radius) of the circle through three points (3, 2), None when collinear."""
+    (a, b), (c, d), (e, f) = p
+    den = 2.0 * (a * (d - f) + c * (f - b) + e * (b - d))
+    if abs(den) < 1e-9:
+        return None
+    q1, q2, q3 = a * a + b * b, c * c + d * d, e * e + f * f
+    r0 = (q1 * (d - f) + q2 * (f - b) + q3 * (b - d)) / den
+    c0 = (q1 * (e - c) + q2 * (a - e) + q3 * (c - a)) / den
+    return r0, c0, float(np.hypot(a - r0, b - c0))
+
+
+def _steps_outwards(s: np.ndarray, dist: np.ndarray, band: float, span: float, step: float) -> bool:
+    """Whether the image is brighter just outside a boundary (``dist`` > 0, px) than just inside,
+    by ``step`` x span on average and on at least 80 % of the boundary."""
+    from scipy import ndimage
+
+    near = np.abs(dist) <= band + 2
+    if not near.any():
+        return False
+    out_band = (dist > 2) & (dist <= band + 2)
+    in_band = (dist < -2) & (dist >= -band - 2)
+    if out_band.sum() < 10 or in_band.sum() < 10:
+        return False
+    # compare each outside pixel with the mean of the inside band around it
+    size = 4 * int(band) + 9  # reaches across the 2 px gap into the inside band
+    ins = ndimage.uniform_filter(np.where(in_band, s, 0.0), size)
+    cnt = ndimage.uniform_filter(in_band.astype(np.float64), size)
+    ok = out_band & (cnt > 0.05)
+    if ok.sum() < 10:
+        return False
+    local = s[ok] - ins[ok] / cnt[ok]
+    return bool(local.mean() >= step * span and np.mean(local >= 0.5 * step * span) >= 0.8)
+
+
+def leaky_collimator(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
+    """(H, W) bool, True behind a collimator that still lets some radiation through.
+
+    A C-arm's iris (a circle) or shutters (straight edges) add a constant to the −log image
+    behind them, so anatomy stays visible there and no region is flat. They are found as a
+    circle or lines (RANSAC on the strongest-gradient pixels, seeded, so deterministic)
+    along which the image steps up outwards all the way round; anatomy's edges are neither
+    that regular nor one-signed.
+    """
+    cfg = config or PreprocessConfig()
+    x = np.asarray(image, dtype=np.float64)
+    h, w = x.shape
+    span = float(np.ptp(x))
+    outside = np.zeros(x.shape, dtype=bool)
+    if not span > 0 or min(h, w) < 16:
+        return outside
+    rr, cc, s = _edge_pixels(x)
+    pts = np.stack([rr, cc], 1)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    best, best_n = None, 0
+    for _ in range(300):  # a circle: the iris
+        c = _circle(pts[rng.choice(len(pts), 3, replace=False)])
+        if c is None or not 0.25 * min(h, w) <= c[2] <= 1.5 * max(h, w):
+            continue
+        n = int((np.abs(np.hypot(rr - c[0], cc - c[1]) - c[2]) <= 1.5).sum())
+        if n > best_n:
+            best, best_n = c, n
+    if best is not None:
+        dist = np.hypot(yy - best[0], xx - best[1]) - best[2]
+        arc = int((np.abs(dist) <= 1.0).sum()) // 2  # the circle's length inside the image, px
+        if arc >= 20 and best_n >= 0.5 * arc and _steps_outwards(s, dist, 3.0, span, cfg.leaky_step):
+            outside |= dist > 0
+    for _ in range(4):  # straight shutters, one at a time
+        free = ~outside[rr.astype(int), cc.astype(int)]
+        if free.sum() < 20:
+            break
+        line, line_n, q = None, 0, pts[free]
+        for _ in range(200):
+            a, b = q[rng.choice(len(q), 2, replace=False)]
+            nrm = np.array([b[1] - a[1], a[0] - b[0]])
+            if np.linalg.norm(nrm) < 5:
+                continue
+            nrm /= np.linalg.norm(nrm)
+            n = int((np.abs((q - a) @ nrm) <= 1.0).sum())
+            if n > line_n:
+                line, line_n = (a, nrm), n
+        if line is None:
+            break
+        a, nrm = line
+        if nrm @ (np.array([h / 2, w / 2]) - a) > 0:
+            nrm = -nrm  # positive distances point away from the image centre
+        dist = (yy - a[0]) * nrm[0] + (xx - a[1]) * nrm[1]
+        length = int((np.abs(dist) <= 1.0).sum()) // 2
+        if length < 20 or line_n < 0.7 * length or not _steps_outwards(s, dist, 3.0, span, cfg.leaky_step):
+            break
+        outside |= dist > 0
+    return outside
 
 
 def prepare_xray(
