@@ -219,7 +219,8 @@ def leaky_collimator(image: np.ndarray, config: PreprocessConfig | None = None) 
     best, best_n = None, 0
     for _ in range(300):  # a circle: the iris
         c = _circle(pts[rng.choice(len(pts), 3, replace=False)])
-        if c is None or not 0.25 * min(h, w) <= c[2] <= 1.5 * max(h, w):
+        # an iris is centred on the detector, give or take a quarter of it; anatomy's curves are not
+        if c is None or not 0.3 * min(h, w) <= c[2] <= 1.5 * max(h, w) or abs(c[0] - h / 2) > h / 4 or abs(c[1] - w / 2) > w / 4:
             continue
         n = int((np.abs(np.hypot(rr - c[0], cc - c[1]) - c[2]) <= 1.5).sum())
         if n > best_n:
