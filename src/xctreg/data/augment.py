@@ -9,10 +9,12 @@ bone), the cheap-to-store output of the renderer, in three levels:
    inserting them into the volume before rendering. They are attached to
    the CT, so they move with the pose like anatomy does.
 2. *Physics*: per image kVp (70–120), bone/soft-tissue contrast, scatter
-   fraction, detector blur and photon count (Poisson noise).
+   fraction (up to 35 %, a scatter-to-primary ratio up to 0.54), the heel
+   effect (a ±20 % intensity ramp), detector blur and photon count (Poisson noise).
 3. *Image*: gamma, brightness/contrast, CLAHE, Gaussian noise, blur or
    sharpening, random erasing, collimation (circular or rectangular, black or
-   saturated) and saturation.
+   saturated, the field stretched to [0, 1] as ``preprocess.prepare_xray``
+   shows it) and saturation.
 
 No spatial transform is applied, so pose labels stay exact. All randomness
 comes from one torch Generator, so a seed fixes the result.
@@ -54,7 +56,9 @@ class AugmentConfig:
     p_noise: float = 0.8
     photons_range: tuple[float, float] = (1e4, 3e5)
     blur_px_max: float = 1.5
-    scatter_max: float = 0.3
+    scatter_max: float = 0.35
+    p_heel: float = 0.5
+    heel_max: float = 0.2
     p_objects: float = 0.5
     max_objects: int = 3
     p_table: float = 0.3
@@ -66,7 +70,7 @@ class AugmentConfig:
     p_blur: float = 0.2
     p_sharpen: float = 0.2
     p_erase: float = 0.2
-    p_collimate: float = 0.4
+    p_collimate: float = 0.5
     p_saturate: float = 0.2
 
     def scaled(self, strength: float) -> AugmentConfig:
@@ -157,6 +161,15 @@ def warm_spectra(kvp_range: tuple[float, float] = (70.0, 120.0)) -> None:
         _spectrum(float(k))
 
 
+def heel(intensity: torch.Tensor, amount: float, along_rows: bool) -> torch.Tensor:
+    """The heel effect: I/I0 (B, 1, H, W) times 1 + ``amount`` x (-1 at one edge, +1 at the
+    other), along the columns or, with ``along_rows``, down the rows (the anode-cathode axis)."""
+    H, W = intensity.shape[-2:]
+    ramp = torch.linspace(-1.0, 1.0, H if along_rows else W, dtype=intensity.dtype)
+    ramp = ramp[:, None] if along_rows else ramp[None, :]
+    return intensity * (1.0 + amount * ramp)
+
+
 def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Attenuation images (B, 1, H, W) from line integrals with random tube, contrast and detector."""
     s = cfg.strength
@@ -167,6 +180,8 @@ def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
         scale = 1.0 + s * (_u(g, *cfg.bone_scale_range) - 1.0)
         lb = torch.cat([lb[:, :2], lb[:, 2:] * scale], dim=1)
         inten = beer_lambert(lb, _spectrum(kvp))
+        if _hit(g, cfg.p_heel, s):
+            inten = heel(inten, s * _u(g, -cfg.heel_max, cfg.heel_max), _u(g) < 0.5)
         photons = None
         if _hit(g, cfg.p_noise, s):
             lo, hi = math.log(cfg.photons_range[0]), math.log(cfg.photons_range[1])
@@ -186,8 +201,14 @@ def normalize(img: torch.Tensor) -> torch.Tensor:
 
 def collimate(img: torch.Tensor, g: torch.Generator, value: float) -> torch.Tensor:
     """Black (0) or saturated (1) borders: a circle or a rectangle of random size."""
-    _, _, H, W = img.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=img.dtype), torch.arange(W, dtype=img.dtype), indexing="ij")
+    return torch.where(field_mask(img.shape[-2:], g, img.dtype), img, torch.full_like(img, value))
+
+
+def field_mask(shape: tuple[int, int] | torch.Size, g: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(H, W) bool, True inside a random collimator: a circle (radius 0.38-0.55 of the image,
+    off-centre by up to 5 %) or a rectangle (each border up to 15 %)."""
+    H, W = shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
     if _u(g) < 0.5:
         r = _u(g, 0.38, 0.55) * min(H, W)
         cu, cv = (W - 1) / 2 + _u(g, -0.05, 0.05) * W, (H - 1) / 2 + _u(g, -0.05, 0.05) * H
@@ -195,7 +216,7 @@ def collimate(img: torch.Tensor, g: torch.Generator, value: float) -> torch.Tens
     else:
         m = [int(_u(g, 0.0, 0.15) * n) for n in (W, W, H, H)]
         keep = (u >= m[0]) & (u < W - m[1]) & (v >= m[2]) & (v < H - m[3])
-    return torch.where(keep, img, torch.full_like(img, value))
+    return keep
 
 
 def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
@@ -229,7 +250,13 @@ def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
             x = x.clone()
             x[..., r0 : r0 + h, c0 : c0 + w] = _u(g)
         if _hit(g, cfg.p_collimate, s):
-            x = collimate(x, g, 0.0 if _u(g) < 0.6 else 1.0)
+            # as registration's preprocessing shows a collimated X-ray: the field stretched to
+            # [0, 1], the borders black (opaque shutters) or saturated (leaky ones, brighter)
+            value = 0.0 if _u(g) < 0.5 else 1.0
+            keep = field_mask(x.shape[-2:], g, x.dtype)
+            inside = x[..., keep]
+            lo, hi = inside.min(), inside.max()
+            x = torch.where(keep, ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1), torch.full_like(x, value))
         out.append(x)
     return torch.cat(out)
 
