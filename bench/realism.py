@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--size", type=int, default=None, help="Render on a SIZE² detector of the model's physical size.")
     ap.add_argument("--similarity", default=None, help="Override the refinement similarity.")
+    ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: no native level).")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None, help="Save each set's first X-ray here (a figure of the sets).")
@@ -236,11 +237,13 @@ def main() -> None:
     mu_bone = 4.0 / float(np.quantile(np.stack([s.L_bone for s in shots]), 0.99))
     reg = Registrar(args.model_dir)
     cfg = RefineConfig() if args.similarity is None else replace(RefineConfig(), similarity=args.similarity)
+    if args.native_size is not None:
+        cfg = replace(cfg, native_size=args.native_size)
     pts = torch.as_tensor(target_points(reg.ct(), 5000))
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
+                 "similarity": cfg.similarity, "native_size": cfg.native_size, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for k, name in enumerate(sets):
         rng = np.random.default_rng([args.seed, k])
         e_reg, e_ref, p_reg, p_ref, secs = [], [], [], [], []

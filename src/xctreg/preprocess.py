@@ -63,6 +63,7 @@ class PreparedXray:
         field_fraction: the share of the image's pixels inside the mask.
         input_camera: the detector the X-ray came on (before resampling), when known.
         positioner_deg: the DICOM (primary, secondary) C-arm angles in degrees, when known.
+        native: the X-ray on its own, finer detector (None when it is not finer).
     """
 
     image: np.ndarray
@@ -71,6 +72,24 @@ class PreparedXray:
     field_fraction: float
     input_camera: Camera | None = None
     positioner_deg: tuple[float, float] | None = None
+    native: NativeXray | None = None
+
+
+@dataclass(frozen=True)
+class NativeXray:
+    """The X-ray on its own detector, normalised like ``PreparedXray.image``: kept when that
+    detector samples finer than the model's, for refinement's last, full-resolution level
+    (depth shows as magnification, and edges place it better on finer pixels).
+
+    Attributes:
+        image: (H, W) float32 in [0, 1] inside the field, bone bright.
+        mask: (H, W) float32, 1 where the similarity may look.
+        camera: the X-ray's detector.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    camera: Camera
 
 
 def detect_field(image: np.ndarray, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -282,6 +301,7 @@ def prepare_xray(
         if np.shape(mask) != x.shape:
             raise XctregError(f"the mask is {np.shape(mask)[0]}x{np.shape(mask)[1]} px but the X-ray is {x.shape[0]}x{x.shape[1]}")
         keep = keep * (np.asarray(mask) > 0)
+    native_x, native_keep = x, keep.astype(np.float32)
     if not same_detector(camera, model_camera):
         x, valid = resample_to_camera(x, camera, model_camera)
         keep, _ = resample_to_camera(keep, camera, model_camera)
@@ -295,4 +315,16 @@ def prepare_xray(
     if hi - lo <= 1e-8 * max(1.0, abs(hi)):
         raise XctregError("the X-ray is blank (constant) inside its exposed field")
     y = np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    return PreparedXray(y, keep, model_camera, frac)
+    native = None
+    if finer(camera, model_camera) and native_keep.mean() >= cfg.min_field:
+        ny = np.clip((native_x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        native = NativeXray(ny, native_keep, camera)
+    return PreparedXray(y, keep, model_camera, frac, native=native)
+
+
+def finer(camera: Camera, model_camera: Camera) -> bool:
+    """Whether ``camera`` samples the image plane more finely than ``model_camera`` (pixel size
+    at the detector, both axes) with more pixels, i.e. has detail the model's size would lose."""
+    a = np.asarray(camera.pixel_spacing_mm) / camera.sdd_mm
+    b = np.asarray(model_camera.pixel_spacing_mm) / model_camera.sdd_mm
+    return bool(np.all(a < 0.99 * b) and camera.height * camera.width > model_camera.height * model_camera.width)

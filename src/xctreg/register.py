@@ -46,7 +46,7 @@ from xctreg.geometry import (
 )
 from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import similarity
-from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
+from xctreg.preprocess import NativeXray, PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.similarity import get_similarity
 from xctreg.train import load_model
@@ -74,6 +74,11 @@ class RefineConfig:
         similarity: a name from ``xctreg.similarity.SIMILARITIES``.
         restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
             perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
+        native_size, native_iterations: when the X-ray's own detector is finer than the model's,
+            one last level on it (at most ``native_size`` px, longest side; 0 = never) with
+            at most ``native_iterations`` steps. Depth (tz) shows only as magnification: on the
+            chest, 1 mm moves the image's edges by 0.04 model pixels, so finer pixels place it
+            better (docs/register.md).
         render: how refinement renders its DRRs.
     """
 
@@ -88,6 +93,8 @@ class RefineConfig:
     restarts: int = 3
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
+    native_size: int = 256
+    native_iterations: int = 30
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
@@ -128,27 +135,31 @@ def refine(
     config: RefineConfig | None = None,
     mask: np.ndarray | None = None,
     renderers: dict[Any, Renderer] | None = None,
+    native: NativeXray | None = None,
 ) -> Refinement:
     """Refine pose parameters (deg, mm) so that the DRR matches ``image`` (H, W, bone bright).
 
     ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the similarity.
     ``renderers``: a dict kept between calls on the same volume and reference, so that the
     renderer of each level (its pyramid level and material volumes) is built once.
+    ``native``: the X-ray on its own, finer detector, for one last level (``RefineConfig.native_size``).
     """
     cfg = config or RefineConfig()
     sim_fn = get_similarity(cfg.similarity)
     t0 = time.perf_counter()
-    target = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
-    m_full = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    levels = [(camera, image, mask, size, iters) for size, iters in zip(cfg.sizes, cfg.iterations, strict=True)]
+    if native is not None and cfg.native_size > max(cfg.sizes) and cfg.native_iterations > 0:
+        levels.append((native.camera, native.image, native.mask, cfg.native_size, cfg.native_iterations))
     p = torch.as_tensor(np.asarray(start_params, dtype=np.float64)).reshape(1, 6)
     best_s, total = -2.0, 0
     path: list[np.ndarray] = []
-    for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
-        scale = min(1.0, size / max(camera.height, camera.width))
-        h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
-        r = cached_renderer(renderers, volume, camera.resized(h, w), cfg.render, reference)
+    for level, (cam, img, msk, size, iters) in enumerate(levels):
+        target = torch.as_tensor(np.asarray(img, dtype=np.float32))[None, None]
+        scale = min(1.0, size / max(cam.height, cam.width))
+        h, w = max(8, round(cam.height * scale)), max(8, round(cam.width * scale))
+        r = cached_renderer(renderers, volume, cam.resized(h, w), cfg.render, reference)
         y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
-        mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
+        mk = None if msk is None else (F.interpolate(torch.as_tensor(np.asarray(msk, dtype=np.float32))[None, None], size=(h, w), mode="area")[0, 0] > 0.999).float()
         rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
         tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
@@ -375,12 +386,12 @@ class Registrar:
         cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
-            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers)
+            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers, xr.native)
             rng = np.random.default_rng(0)
             k = 0
             while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
-                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers)
+                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers, xr.native)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)

@@ -70,6 +70,12 @@ def patch_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
     return ((local * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)).reshape(shape)
 
 
+def patch_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(patch NCC + gradient NCC) / 2: local structure, insensitive to smooth intensity trends,
+    plus the placement of edges, which is where magnification (depth) shows."""
+    return 0.5 * patch_ncc(a, b, mask) + 0.5 * gradncc(a, b, mask)
+
+
 def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, levels: int = 3) -> torch.Tensor:
     """The mean of the NCCs at full, half and quarter resolution (``levels`` scales)."""
     shape = a.shape[:-2]
@@ -93,6 +99,7 @@ SIMILARITIES: dict[str, Similarity] = {
     "gradncc": gradncc,
     "ncc+gradncc": ncc_gradncc,
     "patch-ncc": patch_ncc,
+    "patch-ncc+gradncc": patch_gradncc,
     "multiscale-ncc": multiscale_ncc,
 }
 
