@@ -164,3 +164,22 @@ def test_leaky_collimator_not_found_in_anatomy(noisy) -> None:
     corner = _disk(*img.shape, 30, cu=0.0, cv=95.0)
     x = np.where(corner, img.min(), img + 0.3 * np.ptp(img)).astype(np.float32)
     assert not leaky_collimator(x).any()
+
+
+def test_native_xray_kept_only_when_finer(noisy) -> None:
+    """A finer X-ray keeps its own pixels (normalised like the model-size image) for refinement's
+    last level; one on the model's detector, or a coarser one, does not."""
+    import torch.nn.functional as F
+
+    img, cam, _ = noisy
+    fine_cam = cam.resized(192, 192)
+    fine = F.interpolate(torch.as_tensor(img)[None, None], size=(192, 192), mode="bilinear", align_corners=False)[0, 0].numpy()
+    xr = prepare_xray(fine, fine_cam, cam)
+    assert xr.native is not None and xr.native.camera == fine_cam and xr.native.image.shape == (192, 192)
+    assert xr.image.shape == (96, 96) and xr.native.mask.shape == (192, 192)
+    # the same intensity mapping on both: the native image, area-averaged, is the model-size image
+    down = F.interpolate(torch.as_tensor(xr.native.image)[None, None], size=(96, 96), mode="area")[0, 0].numpy()
+    assert np.abs(down - xr.image).mean() < 0.02
+    assert prepare_xray(img, cam, cam).native is None
+    coarse_cam = cam.resized(48, 48)
+    assert prepare_xray(img[::2, ::2].copy(), coarse_cam, cam).native is None
