@@ -1,0 +1,52 @@
+"""The independent realistic X-rays of bench/realism.py: its geometry and effects are right."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from realism import EFFECTS, Shot, make_xray, rays, rod_chords, set_effects  # noqa: E402
+
+
+def test_rod_chords_exact() -> None:
+    src = np.array([0.0, 0.0, -1000.0])
+    y = np.linspace(-1.5, 1.5, 7)  # mm at the rod (z = 0)
+    d = np.stack([np.zeros(7), y / 1000.0, np.ones(7)], -1)
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    got = rod_chords(src, d, np.array([-50.0, 0, 0]), np.array([50.0, 0, 0]), 1.0)
+    want = 2 * np.sqrt(np.clip(1.0 - y**2, 0, None))  # nearly perpendicular rays
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    beyond = np.array([[0.1, 0.0, 1.0]]) / np.linalg.norm([0.1, 0.0, 1.0])  # passes x = 100 mm: past the end
+    assert rod_chords(src, beyond, np.array([-50.0, 0, 0]), np.array([50.0, 0, 0]), 1.0)[0] == 0.0
+
+
+def test_rays_through_projection_matrix() -> None:
+    K = np.array([[1000.0, 0, 31.5], [0, 1000.0, 31.5], [0, 0, 1]])
+    P = K @ np.hstack([np.eye(3), np.array([[0.0], [0.0], [800.0]])])
+    src, d = rays(P, 64, 64)
+    np.testing.assert_allclose(src, [0, 0, -800.0], atol=1e-9)
+    # every ray projects back onto its own pixel
+    X = src + 500.0 * d[10, 20]
+    u = P @ np.append(X, 1.0)
+    np.testing.assert_allclose(u[:2] / u[2], [20, 10], atol=1e-9)
+
+
+def _shot() -> Shot:
+    L = np.tile(np.linspace(0.5, 2.0, 48), (48, 1))
+    P = np.array([[1000.0, 0, 23.5, 0], [0, 1000.0, 23.5, 0], [0, 0, 1, 800.0]])
+    return Shot(L, 1.3 * L, P, np.zeros(6), np.zeros(3))
+
+
+def test_effects_change_what_they_should() -> None:
+    shot = _shot()
+    rng = lambda: np.random.default_rng(0)  # noqa: E731
+    clean = make_xray(shot, set(), rng(), 1.0, 1.0)
+    assert clean.dtype == np.float32 and clean.min() == 0.0 and clean.max() == 1.0
+    coll = make_xray(shot, {"collimator"}, rng(), 1.0, 1.0)
+    assert coll[0, 0] > coll[24, 10] + 0.4  # a corner behind the iris against a pixel inside it, with about the same L
+    rod = make_xray(shot, {"instrument"}, rng(), 1.0, 1.0)
+    assert np.abs(rod - clean).max() > 0.05  # the rod shows
+    assert set_effects("all") == set(EFFECTS) and set_effects("clean") == set()
