@@ -436,7 +436,8 @@ def register_cmd(
     overlay_png: Annotated[Path | None, typer.Option("--overlay", help="PNG with DRR edges at the initial and final pose (a folder for several X-rays).")] = None,
     animate: Annotated[Path | None, typer.Option("--animate", help="GIF of the refinement trajectory (a folder for several X-rays).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
-    similarity: Annotated[str, typer.Option("--similarity", help="patch-ncc (default), ncc, gradncc, ncc+gradncc or multiscale-ncc.")] = "patch-ncc",
+    similarity: Annotated[str, typer.Option("--similarity", help="patch-ncc (default), patch-ncc+gradncc, ncc, gradncc, ncc+gradncc or multiscale-ncc.")] = "patch-ncc",
+    native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, refine last on it at up to this many px (0: never).", min=0)] = 256,
     no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -461,7 +462,7 @@ def register_cmd(
     kwargs = dict(
         geometry=read_camera(geometry) if geometry is not None else None,
         refine_pose=not no_refine,
-        config=RefineConfig(similarity=similarity),
+        config=RefineConfig(similarity=similarity, native_size=native_size),
         mask=keep,
         preprocess=PreprocessConfig(collimator=not no_collimator),
         transmission=transmission,
