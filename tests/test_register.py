@@ -202,3 +202,19 @@ def test_refinement_uses_a_finer_native_xray(small_phantom) -> None:
     pts = torch.as_tensor(target_points(small_phantom, 1000))
     T = lambda p: params_to_matrix(torch.as_tensor(p, dtype=torch.float64), ref)  # noqa: E731
     assert float(mtre(T(with_native.params), T(true), pts)) < 2.0
+
+
+def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> None:
+    """Registrar.register runs the native level once, after the restarts, on a 2x finer X-ray."""
+    from xctreg.register import RefineConfig, Registrar
+
+    reg = Registrar(model_dir / "m", ct=small_phantom)
+    fine_cam = reg.camera.resized(2 * reg.camera.height, 2 * reg.camera.width)
+    p = reg.space.sample(1, seed=3)[0]
+    r = Renderer(small_phantom, fine_cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
+    img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
+    cfg = RefineConfig(restarts=0)
+    with_native = reg.register(img, fine_cam, config=cfg)
+    without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=0))
+    assert with_native.iterations > without.iterations
+    assert any(c.height == fine_cam.height for c, _ in reg._renderers)

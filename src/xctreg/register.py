@@ -94,7 +94,7 @@ class RefineConfig:
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
     native_size: int = 256
-    native_iterations: int = 30
+    native_iterations: int = 20
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
@@ -323,6 +323,18 @@ class Registrar:
             self.check_positioner(positioner, str(image) if isinstance(image, (str, os.PathLike)) else "X-ray")
         return prepared
 
+    def _refine_native(self, xr: PreparedXray, ref: Refinement, cfg: RefineConfig) -> Refinement:
+        """The last level on the X-ray's own, finer detector, from ``ref``'s pose, with the
+        learning rates the next level would have had."""
+        assert xr.native is not None
+        f = cfg.lr_decay ** len(cfg.sizes)
+        level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), lr_rot_deg=cfg.lr_rot_deg * f,
+                        lr_trans_mm=cfg.lr_trans_mm * f)  # fmt: skip
+        n = xr.native
+        fine = refine(self.ct(), n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers)
+        return Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + fine.seconds,
+                          np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
+
     def check_positioner(self, positioner_deg: tuple[float, float], name: str = "X-ray") -> bool:
         """Warn (one line) when DICOM C-arm angles lie outside the model's view ± its rotation
         ranges; True when inside. The in-plane angle (rz) is not given by DICOM and not checked."""
@@ -386,16 +398,18 @@ class Registrar:
         cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
-            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers, xr.native)
+            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers)
             rng = np.random.default_rng(0)
             k = 0
             while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
-                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers, xr.native)
+                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
+            if xr.native is not None and cfg.native_size > max(cfg.sizes) and cfg.native_iterations > 0:
+                ref = self._refine_native(xr, ref, cfg)  # once, from the best of the restarts
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = self.space.pose(params)
         with torch.no_grad():
