@@ -48,6 +48,7 @@ from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import similarity
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
+from xctreg.render.drr import auto_voxel_mm
 from xctreg.similarity import get_similarity
 from xctreg.train import load_model
 
@@ -147,17 +148,17 @@ def refine(
     cfg = config or RefineConfig()
     sim_fn = get_similarity(cfg.similarity)
     t0 = time.perf_counter()
-    levels = [(camera, image, mask, size, iters) for size, iters in zip(cfg.sizes, cfg.iterations, strict=True)]
+    target = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
+    m_full = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
     p = torch.as_tensor(np.asarray(start_params, dtype=np.float64)).reshape(1, 6)
     best_s, total = -2.0, 0
     path: list[np.ndarray] = []
-    for level, (cam, img, msk, size, iters) in enumerate(levels):
-        target = torch.as_tensor(np.asarray(img, dtype=np.float32))[None, None]
-        scale = min(1.0, size / max(cam.height, cam.width))
-        h, w = max(8, round(cam.height * scale)), max(8, round(cam.width * scale))
-        r = cached_renderer(renderers, volume, cam.resized(h, w), cfg.render, reference)
+    for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
+        scale = min(1.0, size / max(camera.height, camera.width))
+        h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
+        r = cached_renderer(renderers, volume, camera.resized(h, w), cfg.render, reference)
         y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
-        mk = None if msk is None else (F.interpolate(torch.as_tensor(np.asarray(msk, dtype=np.float32))[None, None], size=(h, w), mode="area")[0, 0] > 0.999).float()
+        mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
         rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
         tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
@@ -328,7 +329,7 @@ class Registrar:
         f = cfg.lr_decay ** len(cfg.sizes)
         render = cfg.render
         if render.voxel_mm == "auto":  # the finest model level's volume: finer pixels, not a finer CT (3x faster, as accurate)
-            render = replace(render, voxel_mm=min(self.camera.pixel_spacing_mm) * self.reference.sid_mm / self.camera.sdd_mm)
+            render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
         level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), lr_rot_deg=cfg.lr_rot_deg * f,
                         lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
         n = xr.native

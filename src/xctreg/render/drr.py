@@ -27,6 +27,11 @@ from xctreg.render.rays import IndexRays, make_rays
 Mode = Literal["poly", "mono", "line"]
 
 
+def auto_voxel_mm(camera: Camera, sid_mm: float) -> float:
+    """The volume level ``RenderConfig.voxel_mm="auto"`` picks for ``camera``: its pixel size
+    projected to the isocenter (mm), the finest detail the image can show."""
+    return float(min(camera.pixel_spacing_mm) * sid_mm / camera.sdd_mm)
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Everything that decides how a DRR is rendered.
@@ -145,7 +150,7 @@ class Renderer:
         if voxel_mm is None:
             return None
         if voxel_mm == "auto":
-            return float(min(camera.pixel_spacing_mm) * sid_mm / camera.sdd_mm)
+            return auto_voxel_mm(camera, sid_mm)
         return float(voxel_mm)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ geometry
