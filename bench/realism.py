@@ -166,6 +166,12 @@ def make_xray(shot: Shot, effects: set[str], rng: np.random.Generator, mu: float
     return (np.round((img - lo) / (hi - lo) * 65535.0) / 65535.0).astype(np.float32)
 
 
+def set_rng(seed: int, name: str) -> np.random.Generator:
+    """The effects' random stream of one set: seeded by the set's name, not its place in
+    ``--sets``, so a set holds the same X-rays whichever other sets run beside it."""
+    return np.random.default_rng([seed, SETS.index(name)])
+
+
 def set_effects(name: str) -> set[str]:
     return set(EFFECTS) if name == "all" else set() if name == "clean" else {name}
 
@@ -215,6 +221,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="Render on a SIZE² detector of the model's physical size.")
     ap.add_argument("--similarity", default=None, help="Override the refinement similarity.")
     ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: no native level).")
+    ap.add_argument("--native-search", choices=("depth", "adam"), default=None, help="Override RefineConfig.native_search.")
+    ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None, help="Save each set's first X-ray here (a figure of the sets).")
@@ -239,13 +247,19 @@ def main() -> None:
     cfg = RefineConfig() if args.similarity is None else replace(RefineConfig(), similarity=args.similarity)
     if args.native_size is not None:
         cfg = replace(cfg, native_size=args.native_size)
+    if args.native_search is not None:
+        cfg = replace(cfg, native_search=args.native_search)
+    if args.depth is not None:
+        half, samples, rounds = args.depth.split(",")
+        cfg = replace(cfg, depth_half_mm=float(half), depth_samples=int(samples), depth_rounds=int(rounds))
     pts = torch.as_tensor(target_points(reg.ct(), 5000))
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "native_size": cfg.native_size, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
-    for k, name in enumerate(sets):
-        rng = np.random.default_rng([args.seed, k])
+                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search,
+                 "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
+    for name in sets:
+        rng = set_rng(args.seed, name)
         e_reg, e_ref, p_reg, p_ref, secs = [], [], [], [], []
         for shot in shots:
             img = make_xray(shot, set_effects(name), rng, mu, mu_bone)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from realism import make_xray, render_shots, set_effects  # noqa: E402
+from realism import make_xray, render_shots, set_effects, set_rng  # noqa: E402
 
 
 def peak(offsets: np.ndarray, values: np.ndarray) -> float:
@@ -60,8 +60,8 @@ def main() -> None:
     setups = {"before": (reg.camera, "patch-ncc"), "after": (cam, "patch-ncc+gradncc")}
     offsets = np.linspace(-args.half_mm, args.half_mm, 25)
     curves: dict[tuple[str, str], list[np.ndarray]] = {}
-    for k, name in enumerate(s for s in args.sets.split(",") if s):
-        rng = np.random.default_rng([args.seed, k])
+    for name in (s for s in args.sets.split(",") if s):
+        rng = set_rng(args.seed, name)
         for shot in shots:
             img = make_xray(shot, set_effects(name), rng, mu, mu_bone)
             for label, (c, sim) in setups.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from realism import EFFECTS, Shot, make_xray, rays, rod_chords, set_effects  # noqa: E402
+from realism import EFFECTS, SETS, Shot, make_xray, rays, rod_chords, set_effects, set_rng  # noqa: E402
 
 
 def test_rod_chords_exact() -> None:
@@ -50,3 +50,13 @@ def test_effects_change_what_they_should() -> None:
     rod = make_xray(shot, {"instrument"}, rng(), 1.0, 1.0)
     assert np.abs(rod - clean).max() > 0.05  # the rod shows
     assert set_effects("all") == set(EFFECTS) and set_effects("clean") == set()
+
+
+def test_a_set_holds_the_same_xrays_whichever_sets_run_beside_it() -> None:
+    """Regression: the effects' stream was seeded by the set's place in --sets, so
+    `--sets collimator,all` drew other collimators than `--sets clean,collimator`."""
+    a = set_rng(2027, "collimator").uniform(size=4)
+    assert np.array_equal(a, set_rng(2027, "collimator").uniform(size=4))
+    assert not np.array_equal(a, set_rng(2027, "all").uniform(size=4))
+    assert not np.array_equal(a, set_rng(1234, "collimator").uniform(size=4))
+    assert len({tuple(set_rng(0, s).uniform(size=2)) for s in SETS}) == len(SETS)
