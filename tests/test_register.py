@@ -185,9 +185,41 @@ def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> Non
     p = reg.space.sample(1, seed=3)[0]
     r = Renderer(small_phantom, fine_cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
     img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
-    cfg = RefineConfig(restarts=0, native_size=256)
-    with_native = reg.register(img, fine_cam, config=cfg)
     without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=0))
-    assert with_native.iterations > without.iterations
+    for search in ("depth", "adam"):
+        with_native = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=256, native_search=search))
+        assert with_native.iterations > without.iterations
+        moved = with_native.params - without.params
+        if search == "depth":  # only tz moves
+            assert np.all(moved[:5] == 0) and moved[5] != 0
     # the native level renders the finer detector from the finest model level's volume
     assert any(c.height == fine_cam.height and cf.voxel_mm != "auto" for c, cf in reg._renderers)
+
+
+def test_parabola_peak() -> None:
+    from xctreg.register import parabola_peak
+
+    o = np.linspace(-1, 1, 5)
+    assert parabola_peak(o, -((o - 0.3) ** 2)) == pytest.approx(0.3)
+    assert parabola_peak(o, -((o - 3.0) ** 2)) == pytest.approx(1.0)  # kept within the samples
+    assert parabola_peak(o, o**2) == pytest.approx(-1.0)  # not concave: the best sample (a tie: the first)
+    o9 = np.linspace(-1, 1, 9)  # a least-squares fit: noise on the samples moves the peak a little
+    noisy = -((o9 - 0.2) ** 2) + np.random.default_rng(0).normal(0, 0.01, 9)
+    assert parabola_peak(o9, noisy) == pytest.approx(0.2, abs=0.05)
+
+
+def test_search_depth_finds_tz_from_a_start_off_in_depth() -> None:
+    """The line search moves only tz, and to within 0.1 mm of where the similarity peaks."""
+    from xctreg.register import search_depth
+
+    vol = make_phantom()
+    cam = Camera(1020.0, 96, 96, (4.0, 4.0))
+    ref = PoseReference(tuple(vol.center), 750.0)
+    r = Renderer(vol, cam, reference=ref)
+    true = np.array([3.0, -2.0, 4.0, 5.0, -4.0, 10.0])
+    y = r(torch.tensor(true[None], dtype=torch.float32))[0, 0]
+    for dz in (-0.7, 0.8):
+        start = true + np.array([0, 0, 0, 0, 0, dz])
+        p, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=3)
+        assert n == 15 and np.all(p[:5] == start[:5])
+        assert abs(p[5] - true[5]) < 0.1, (dz, p[5] - true[5])

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -75,9 +75,17 @@ class RefineConfig:
         similarity: a name from ``xctreg.similarity.SIMILARITIES``.
         restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
             perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
-        native_size, native_iterations: when the X-ray's own detector is finer than the model's,
-            one last level on it (at most ``native_size`` px, longest side; 0 = never, the
-            default) with at most ``native_iterations`` steps, once, after the restarts.
+        native_size: when the X-ray's own detector is finer than the model's, one last level
+            on it (at most ``native_size`` px, longest side; 0 = never, the default), once,
+            after the restarts.
+        native_search: how that level moves the pose: "depth" (a line search along tz:
+            ``depth_rounds`` batched sweeps of ``depth_samples`` poses over ±``depth_half_mm``,
+            halved each round, with a parabola through the samples; forward renders only) or
+            "adam" (at most ``native_iterations`` Adam steps on all six parameters).
+        native_similarity: the similarity of that level. Patch NCC plus gradient NCC: edges'
+            placement is where magnification shows (tz sweeps through the truth on
+            independent X-rays, tuning split, 256²: peak +0.07 ± 0.20 mm against +0.12 ± 0.24
+            with patch NCC alone on clean X-rays, +0.21 ± 0.19 against +0.39 ± 0.26 collimated).
             Depth (tz) shows only as magnification: on the chest, 1 mm moves the image's
             edges by 0.04 model pixels, so finer pixels place it better. Measured on 256²
             independent X-rays (bench/realism.py, report split, clean): median mTRE
@@ -98,7 +106,12 @@ class RefineConfig:
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
     native_size: int = 0
+    native_search: Literal["depth", "adam"] = "depth"
     native_iterations: int = 20
+    native_similarity: str = "patch-ncc+gradncc"
+    depth_half_mm: float = 1.0
+    depth_samples: int = 5
+    depth_rounds: int = 2
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
@@ -183,6 +196,49 @@ def refine(
         p = best_p
     traj = np.asarray(path, dtype=np.float64).reshape(-1, 6)
     return Refinement(p[0].numpy(), best_s, total, time.perf_counter() - t0, traj)
+
+
+def parabola_peak(offsets: np.ndarray, values: np.ndarray) -> float:
+    """The maximum of the least-squares parabola through (offsets, values), kept within the
+    sampled range; the best sample when the fit is not concave."""
+    a, b, _ = np.polyfit(offsets, values, 2)
+    if a >= 0:
+        return float(offsets[int(np.argmax(values))])
+    return float(np.clip(-b / (2 * a), offsets.min(), offsets.max()))
+
+
+@torch.no_grad()
+def search_depth(
+    renderer: Renderer,
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    params: np.ndarray,
+    similarity_name: str,
+    half_mm: float = 1.0,
+    samples: int = 5,
+    rounds: int = 2,
+) -> tuple[np.ndarray, int]:
+    """Place depth (tz, mm) by a line search, the other five parameters held.
+
+    Each round renders ``samples`` poses over ±``half_mm`` around the current tz in one
+    batch (forward only), moves tz to the peak of the parabola through their similarities,
+    and halves the range. Depth shows only as magnification, a smooth, nearly quadratic
+    similarity near its peak, so a few batched renders place it as well as many gradient
+    steps. Returns the parameters (deg, mm) and the number of renders.
+    """
+    sim_fn = get_similarity(similarity_name)
+    p = np.asarray(params, dtype=np.float64).copy()
+    n = 0
+    for k in range(rounds):
+        offsets = np.linspace(-half_mm, half_mm, samples) / 2**k
+        batch = np.repeat(p[None], samples, 0)
+        batch[:, 5] += offsets
+        drr = renderer(torch.as_tensor(batch, dtype=torch.float32))[:, 0]
+        m = None if mask is None else mask.expand_as(drr)
+        values = sim_fn(drr, image.expand_as(drr), m).double().numpy()
+        p[5] += parabola_peak(offsets, values)
+        n += samples
+    return p, n
 
 
 @dataclass
@@ -324,17 +380,28 @@ class Registrar:
         return prepared
 
     def _refine_native(self, xr: PreparedXray, ref: Refinement, cfg: RefineConfig) -> Refinement:
-        """The last level on the X-ray's own, finer detector, from ``ref``'s pose, with the
-        learning rates the next level would have had."""
+        """The last level on the X-ray's own, finer detector, from ``ref``'s pose: a line search
+        along depth, or Adam with the learning rates the next level would have had."""
         assert xr.native is not None
-        f = cfg.lr_decay ** len(cfg.sizes)
+        n = xr.native
         render = cfg.render
         if render.voxel_mm == "auto":  # the finest model level's volume: finer pixels, not a finer CT (3x faster, as accurate)
             render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
-        level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), lr_rot_deg=cfg.lr_rot_deg * f,
-                        lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
-        n = xr.native
-        fine = refine(self.ct(), n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers)
+        if cfg.native_search == "depth":
+            t0 = time.perf_counter()
+            scale = min(1.0, cfg.native_size / max(n.camera.height, n.camera.width))
+            cam = n.camera.resized(max(8, round(n.camera.height * scale)), max(8, round(n.camera.width * scale)))
+            y = F.interpolate(torch.as_tensor(n.image)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
+            mk = F.interpolate(torch.as_tensor(n.mask)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
+            r = cached_renderer(self._renderers, self.ct(), cam, render, self.reference)
+            params, k = search_depth(r, y, (mk > 0.999).float(), ref.params, cfg.native_similarity, cfg.depth_half_mm,
+                                     cfg.depth_samples, cfg.depth_rounds)  # fmt: skip
+            fine = Refinement(params, ref.similarity, k, time.perf_counter() - t0, params[None])
+        else:
+            f = cfg.lr_decay ** len(cfg.sizes)
+            level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
+                            lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
+            fine = refine(self.ct(), n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers)
         return Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + fine.seconds,
                           np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
 
@@ -411,7 +478,7 @@ class Registrar:
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
-            if xr.native is not None and cfg.native_size > max(cfg.sizes) and cfg.native_iterations > 0:
+            if xr.native is not None and cfg.native_size > max(cfg.sizes):
                 ref = self._refine_native(xr, ref, cfg)  # once, from the best of the restarts
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = self.space.pose(params)
