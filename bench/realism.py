@@ -223,6 +223,7 @@ def main() -> None:
     ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: no native level).")
     ap.add_argument("--native-search", choices=("depth", "adam"), default=None, help="Override RefineConfig.native_search.")
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
+    ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None, help="Save each set's first X-ray here (a figure of the sets).")
@@ -249,6 +250,8 @@ def main() -> None:
         cfg = replace(cfg, native_size=args.native_size)
     if args.native_search is not None:
         cfg = replace(cfg, native_search=args.native_search)
+    if args.outliers is not None:
+        cfg = replace(cfg, native_outliers=args.outliers)
     if args.depth is not None:
         half, samples, rounds = args.depth.split(",")
         cfg = replace(cfg, depth_half_mm=float(half), depth_samples=int(samples), depth_rounds=int(rounds))
@@ -256,7 +259,7 @@ def main() -> None:
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search,
+                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "outliers": cfg.native_outliers,
                  "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = set_rng(args.seed, name)
@@ -273,6 +276,8 @@ def main() -> None:
             p_ref.append(r.params)
         s = summarise(e_reg, e_ref, PoseSpace.difference(np.asarray(p_reg), truth), PoseSpace.difference(np.asarray(p_ref), truth))
         s["seconds_per_xray"] = float(np.mean(secs))
+        s["refined"]["mtre_each"] = [round(e, 3) for e in e_ref]
+        s["refined"]["error_each"] = np.round(PoseSpace.difference(np.asarray(p_ref), truth), 3).tolist()
         out["sets"][name] = s
         print(json.dumps({"set": name, "regressor_median": s["regressor"]["median"], "refined_median": s["refined"]["median"],
                           "refined_p95": s["refined"]["p95"], "tz_bias": s["refined"]["params"]["tz_mm"]["bias"],

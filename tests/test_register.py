@@ -220,6 +220,12 @@ def test_search_depth_finds_tz_from_a_start_off_in_depth() -> None:
     y = r(torch.tensor(true[None], dtype=torch.float32))[0, 0]
     for dz in (-0.7, 0.8):
         start = true + np.array([0, 0, 0, 0, 0, dz])
-        p, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=3)
-        assert n == 15 and np.all(p[:5] == start[:5])
+        p, path, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=3)
+        assert n == 15 and path.shape == (3, 6) and np.array_equal(path[-1], p) and np.all(p[:5] == start[:5])
         assert abs(p[5] - true[5]) < 0.1, (dz, p[5] - true[5])
+    # beyond the first range: the round is repeated around the edge's peak
+    start = true + np.array([0, 0, 0, 0, 0, 2.6])
+    p, path, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=2, max_extend=2)
+    assert n == 20 and len(path) == 4 and abs(p[5] - true[5]) < 0.15, (n, p[5] - true[5])
+    p, _, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=2, max_extend=0)
+    assert n == 10 and p[5] - true[5] > 1.0  # without: stuck at the reach of the rounds

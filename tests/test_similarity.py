@@ -49,3 +49,23 @@ def test_similarity_is_differentiable_and_batched(name: str) -> None:
 def test_unknown_similarity() -> None:
     with pytest.raises(XctregError, match="unknown similarity 'mi'"):
         get_similarity("mi")
+
+
+def test_outlier_mask_leaves_out_what_the_ct_lacks() -> None:
+    """A thin bright rod in the X-ray, absent from the DRR, is left out; little else is."""
+    from xctreg.similarity import outlier_mask
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    drr = torch.sin(xx / 7) + torch.cos(yy / 5) + 0.5 * ((xx - 40) ** 2 + (yy - 50) ** 2 < 400).float()
+    xray = 2.0 * drr + 0.3 + 0.02 * torch.randn(96, 96, generator=g)  # another contrast, noise
+    rod = ((xx - yy - 5).abs() < 1.0) & (xx > 20) & (xx < 80)
+    with_rod = xray + 1.5 * rod.float()
+    m = outlier_mask(drr, with_rod)
+    assert m[rod].mean() < 0.2  # the rod is out
+    assert m[~rod].mean() > 0.9  # the rest stays
+    clean = outlier_mask(drr, xray)
+    assert clean.mean() > 0.95  # nothing to leave out: only noise tails in flat windows go
+    user = torch.ones(96, 96)
+    user[:, :10] = 0
+    assert outlier_mask(drr, with_rod, user)[:, :10].sum() == 0  # within the given mask

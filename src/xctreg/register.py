@@ -49,7 +49,7 @@ from xctreg.metrics import similarity
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.render.drr import auto_voxel_mm
-from xctreg.similarity import get_similarity
+from xctreg.similarity import get_similarity, outlier_mask
 from xctreg.train import load_model
 
 
@@ -76,21 +76,25 @@ class RefineConfig:
         restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
             perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
         native_size: when the X-ray's own detector is finer than the model's, one last level
-            on it (at most ``native_size`` px, longest side; 0 = never, the default), once,
-            after the restarts.
-        native_search: how that level moves the pose: "depth" (a line search along tz:
-            ``depth_rounds`` batched sweeps of ``depth_samples`` poses over ±``depth_half_mm``,
-            halved each round, with a parabola through the samples; forward renders only) or
-            "adam" (at most ``native_iterations`` Adam steps on all six parameters).
+            on it (at most ``native_size`` px, longest side; 0 = never), once, after the
+            restarts. Depth (tz) shows only as magnification: on the chest, 1 mm moves the
+            image's edges by 0.04 model pixels, so finer pixels place it better. On X-rays at
+            the model's size it does nothing.
+        native_search: how that level moves the pose: "depth" (the default: a line search
+            along tz, ``search_depth``: ``depth_rounds`` batched sweeps of ``depth_samples``
+            poses over ±``depth_half_mm``, halved each round, forward renders only) or "adam"
+            (at most ``native_iterations`` Adam steps on all six parameters, about 4x slower).
+            The other five parameters leave the model levels within 0.07° and 0.07 mm on
+            average, so depth is what is left to place. Measured on 256² independent X-rays
+            (bench/realism.py, docs/register.md).
         native_similarity: the similarity of that level. Patch NCC plus gradient NCC: edges'
             placement is where magnification shows (tz sweeps through the truth on
             independent X-rays, tuning split, 256²: peak +0.07 ± 0.20 mm against +0.12 ± 0.24
             with patch NCC alone on clean X-rays, +0.21 ± 0.19 against +0.39 ± 0.26 collimated).
-            Depth (tz) shows only as magnification: on the chest, 1 mm moves the image's
-            edges by 0.04 model pixels, so finer pixels place it better. Measured on 256²
-            independent X-rays (bench/realism.py, report split, clean): median mTRE
-            0.38 -> 0.18 mm, tz bias +0.16 -> +0.01 mm, for about 8 s more per X-ray on
-            2 cores (docs/register.md), hence opt-in (``--native-size 256``).
+        native_outliers: when > 0, that level first leaves out the pixels the DRR at its
+            start pose cannot explain (``similarity.outlier_mask`` with k = this value). Off:
+            on the tuning split it did not help (instrument set) or hurt (all effects), as
+            it also drops the misaligned edges that show depth.
         render: how refinement renders its DRRs.
     """
 
@@ -105,12 +109,13 @@ class RefineConfig:
     restarts: int = 3
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
-    native_size: int = 0
+    native_size: int = 256
     native_search: Literal["depth", "adam"] = "depth"
     native_iterations: int = 20
     native_similarity: str = "patch-ncc+gradncc"
-    depth_half_mm: float = 1.0
-    depth_samples: int = 5
+    native_outliers: float = 0.0
+    depth_half_mm: float = 1.5
+    depth_samples: int = 7
     depth_rounds: int = 2
     render: RenderConfig = field(default_factory=RenderConfig)
 
@@ -217,28 +222,38 @@ def search_depth(
     half_mm: float = 1.0,
     samples: int = 5,
     rounds: int = 2,
-) -> tuple[np.ndarray, int]:
+    max_extend: int = 2,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Place depth (tz, mm) by a line search, the other five parameters held.
 
     Each round renders ``samples`` poses over ±``half_mm`` around the current tz in one
     batch (forward only), moves tz to the peak of the parabola through their similarities,
-    and halves the range. Depth shows only as magnification, a smooth, nearly quadratic
+    and halves the range; when the peak lies at the range's edge, the round is repeated
+    around it (at most ``max_extend`` times). Depth shows only as magnification, a smooth, nearly quadratic
     similarity near its peak, so a few batched renders place it as well as many gradient
-    steps. Returns the parameters (deg, mm) and the number of renders.
+    steps. Returns the parameters (deg, mm), the parameters after each round (K, 6) and
+    the number of renders.
     """
     sim_fn = get_similarity(similarity_name)
     p = np.asarray(params, dtype=np.float64).copy()
-    n = 0
-    for k in range(rounds):
+    n, k, extended = 0, 0, 0
+    path: list[np.ndarray] = []
+    while k < rounds:
         offsets = np.linspace(-half_mm, half_mm, samples) / 2**k
         batch = np.repeat(p[None], samples, 0)
         batch[:, 5] += offsets
         drr = renderer(torch.as_tensor(batch, dtype=torch.float32))[:, 0]
         m = None if mask is None else mask.expand_as(drr)
         values = sim_fn(drr, image.expand_as(drr), m).double().numpy()
-        p[5] += parabola_peak(offsets, values)
+        step = parabola_peak(offsets, values)
+        p[5] += step
         n += samples
-    return p, n
+        path.append(p.copy())
+        if abs(step) >= 0.999 * offsets[-1] and extended < max_extend:
+            extended += 1  # the peak lies beyond the range: search again around it, as wide
+        else:
+            k += 1
+    return p, np.asarray(path), n
 
 
 @dataclass
@@ -394,9 +409,14 @@ class Registrar:
             y = F.interpolate(torch.as_tensor(n.image)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
             mk = F.interpolate(torch.as_tensor(n.mask)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
             r = cached_renderer(self._renderers, self.ct(), cam, render, self.reference)
-            params, k = search_depth(r, y, (mk > 0.999).float(), ref.params, cfg.native_similarity, cfg.depth_half_mm,
-                                     cfg.depth_samples, cfg.depth_rounds)  # fmt: skip
-            fine = Refinement(params, ref.similarity, k, time.perf_counter() - t0, params[None])
+            mk = (mk > 0.999).float()
+            if cfg.native_outliers > 0:
+                with torch.no_grad():
+                    drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0]
+                mk = outlier_mask(drr, y, mk, cfg.native_outliers)
+            params, path, _ = search_depth(r, y, mk, ref.params, cfg.native_similarity, cfg.depth_half_mm,
+                                           cfg.depth_samples, cfg.depth_rounds)  # fmt: skip
+            fine = Refinement(params, ref.similarity, len(path), time.perf_counter() - t0, path)  # a round is a step
         else:
             f = cfg.lr_decay ** len(cfg.sizes)
             level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,

@@ -94,6 +94,40 @@ def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
     return (total / levels).reshape(shape)
 
 
+def local_zscore(x: torch.Tensor, patch: int = 9, floor: float = 1e-2) -> torch.Tensor:
+    """(H, W) -> (H, W): each pixel minus its ``patch`` x ``patch`` mean, over that window's
+    standard deviation; slow intensity trends and local contrast taken out. The variance
+    has a floor of ``floor`` x the image's, so that noise in flat windows stays small."""
+    x4 = x[None, None]
+    pad = patch // 2
+    m = F.avg_pool2d(F.pad(x4, (pad,) * 4, mode="replicate"), patch, 1)
+    v = F.avg_pool2d(F.pad(x4 * x4, (pad,) * 4, mode="replicate"), patch, 1) - m * m
+    return ((x4 - m) / (v.clamp_min(0) + floor * x.var() + 1e-12).sqrt())[0, 0]
+
+
+@torch.no_grad()
+def outlier_mask(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | None = None, k: float = 4.0,
+                 max_share: float = 0.15, patch: int = 9) -> torch.Tensor:  # fmt: skip
+    """``mask`` (H, W; None = all) without the pixels the DRR cannot explain: instruments,
+    implants, cables, anything the CT lacks.
+
+    Both images are made locally comparable (``local_zscore``); a pixel whose difference
+    exceeds ``k`` robust standard deviations (1.4826 x the median absolute difference
+    inside the mask) is left out, with its 3x3
+    neighbours, but never more than ``max_share`` of the mask (the largest differences go
+    first). Computed at a pose near the answer, it is re-estimated as refinement moves on.
+    """
+    m = torch.ones_like(xray) if mask is None else (mask > 0.5).to(xray)
+    r = (local_zscore(xray, patch) - local_zscore(drr, patch)).abs()
+    inside = r[m > 0]
+    if inside.numel() == 0:
+        return m
+    sigma = 1.4826 * float(inside.median())  # the differences' robust spread (the MAD's, for |r|)
+    thr = max(k * sigma, float(torch.quantile(inside, 1.0 - max_share)))
+    out = F.max_pool2d(((r > thr) & (m > 0)).to(xray)[None, None], 3, 1, 1)[0, 0]
+    return m * (1.0 - out)
+
+
 SIMILARITIES: dict[str, Similarity] = {
     "ncc": ncc,
     "gradncc": gradncc,
