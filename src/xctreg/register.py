@@ -219,8 +219,8 @@ def search_depth(
     mask: torch.Tensor | None,
     params: np.ndarray,
     similarity_name: str,
-    half_mm: float = 1.0,
-    samples: int = 5,
+    half_mm: float = 1.5,
+    samples: int = 7,
     rounds: int = 2,
     max_extend: int = 2,
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -229,9 +229,9 @@ def search_depth(
     Each round renders ``samples`` poses over ±``half_mm`` around the current tz in one
     batch (forward only), moves tz to the peak of the parabola through their similarities,
     and halves the range; when the peak lies at the range's edge, the round is repeated
-    around it (at most ``max_extend`` times). Depth shows only as magnification, a smooth, nearly quadratic
-    similarity near its peak, so a few batched renders place it as well as many gradient
-    steps. Returns the parameters (deg, mm), the parameters after each round (K, 6) and
+    around it (at most ``max_extend`` times). Depth shows only as magnification, a smooth,
+    nearly quadratic similarity near its peak, so a few batched renders place it about as
+    well as many gradient steps. Returns the parameters (deg, mm), the parameters after each round (K, 6) and
     the number of renders.
     """
     sim_fn = get_similarity(similarity_name)
