@@ -148,6 +148,19 @@ def cached_renderer(
     return r
 
 
+def level_inputs(
+    camera: Camera, image: torch.Tensor, mask: torch.Tensor | None, size: int
+) -> tuple[Camera, torch.Tensor, torch.Tensor | None]:
+    """One refinement level: ``camera`` resized to at most ``size`` px (longest side, at least
+    8), the (1, 1, H, W) ``image`` area-averaged onto it (h, w), and the (1, 1, H, W) ``mask``
+    kept only where its pixels lie wholly inside (h, w; None stays None)."""
+    scale = min(1.0, size / max(camera.height, camera.width))
+    cam = camera.resized(max(8, round(camera.height * scale)), max(8, round(camera.width * scale)))
+    y = F.interpolate(image, size=(cam.height, cam.width), mode="area")[0, 0]
+    mk = None if mask is None else (F.interpolate(mask, size=(cam.height, cam.width), mode="area")[0, 0] > 0.999).float()
+    return cam, y, mk
+
+
 def refine(
     volume: Volume,
     image: np.ndarray | torch.Tensor,
@@ -173,11 +186,8 @@ def refine(
     best_s, total = -2.0, 0
     path: list[np.ndarray] = []
     for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
-        scale = min(1.0, size / max(camera.height, camera.width))
-        h, w = max(8, round(camera.height * scale)), max(8, round(camera.width * scale))
-        r = cached_renderer(renderers, volume, camera.resized(h, w), cfg.render, reference)
-        y = F.interpolate(target, size=(h, w), mode="area")[0, 0]
-        mk = None if m_full is None else (F.interpolate(m_full, size=(h, w), mode="area")[0, 0] > 0.999).float()
+        cam, y, mk = level_inputs(camera, target, m_full, size)
+        r = cached_renderer(renderers, volume, cam, cfg.render, reference)
         rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
         tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
@@ -404,12 +414,9 @@ class Registrar:
             render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
         if cfg.native_search == "depth":
             t0 = time.perf_counter()
-            scale = min(1.0, cfg.native_size / max(n.camera.height, n.camera.width))
-            cam = n.camera.resized(max(8, round(n.camera.height * scale)), max(8, round(n.camera.width * scale)))
-            y = F.interpolate(torch.as_tensor(n.image)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
-            mk = F.interpolate(torch.as_tensor(n.mask)[None, None], size=(cam.height, cam.width), mode="area")[0, 0]
+            cam, y, mk = level_inputs(n.camera, torch.as_tensor(n.image)[None, None], torch.as_tensor(n.mask)[None, None], cfg.native_size)
+            assert mk is not None
             r = cached_renderer(self._renderers, self.ct(), cam, render, self.reference)
-            mk = (mk > 0.999).float()
             if cfg.native_outliers > 0:
                 with torch.no_grad():
                     drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0]
