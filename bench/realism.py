@@ -274,10 +274,11 @@ def main() -> None:
             e_ref.append(float(mtre(T(r.params), T(shot.truth), pts)))
             p_reg.append(r.initial.params)
             p_ref.append(r.params)
-        s = summarise(e_reg, e_ref, PoseSpace.difference(np.asarray(p_reg), truth), PoseSpace.difference(np.asarray(p_ref), truth))
+        d_ref = PoseSpace.difference(np.asarray(p_ref), truth)
+        s = summarise(e_reg, e_ref, PoseSpace.difference(np.asarray(p_reg), truth), d_ref)
         s["seconds_per_xray"] = float(np.mean(secs))
         s["refined"]["mtre_each"] = [round(e, 3) for e in e_ref]
-        s["refined"]["error_each"] = np.round(PoseSpace.difference(np.asarray(p_ref), truth), 3).tolist()
+        s["refined"]["error_each"] = np.round(d_ref, 3).tolist()
         out["sets"][name] = s
         print(json.dumps({"set": name, "regressor_median": s["regressor"]["median"], "refined_median": s["refined"]["median"],
                           "refined_p95": s["refined"]["p95"], "tz_bias": s["refined"]["params"]["tz_mm"]["bias"],

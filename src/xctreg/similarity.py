@@ -113,9 +113,9 @@ def outlier_mask(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | Non
 
     Both images are made locally comparable (``local_zscore``); a pixel whose difference
     exceeds ``k`` robust standard deviations (1.4826 x the median absolute difference
-    inside the mask) is left out, with its 3x3
-    neighbours, but never more than ``max_share`` of the mask (the largest differences go
-    first). Computed at a pose near the answer, it is re-estimated as refinement moves on.
+    inside the mask) is left out with its 3x3 neighbours, but never more than
+    ``max_share`` of the mask (the largest differences go first). It is meant to be
+    computed at a pose near the answer.
     """
     m = torch.ones_like(xray) if mask is None else (mask > 0.5).to(xray)
     r = (local_zscore(xray, patch) - local_zscore(drr, patch)).abs()

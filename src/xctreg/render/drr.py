@@ -32,6 +32,7 @@ def auto_voxel_mm(camera: Camera, sid_mm: float) -> float:
     projected to the isocenter (mm), the finest detail the image can show."""
     return float(min(camera.pixel_spacing_mm) * sid_mm / camera.sdd_mm)
 
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Everything that decides how a DRR is rendered.
