@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -188,31 +189,38 @@ def phantom(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> 
     return _PHANTOMS[key]
 
 
+@dataclass(frozen=True)
 class Sizes:
-    def __init__(self, quick: bool) -> None:
-        self.quick = quick
-        if quick:
-            self.parity_vol = ((64, 64, 64), (6.0, 6.0, 6.0))
-            self.parity_cam = (48, 8.0)
-            self.parity_batch = 2
-            self.bench_vol = ((32, 32, 24), (11.25, 11.25, 13.8))
-            self.bench_size, self.bench_pix = 32, 12.8
-            self.bench_batches = (1, 2)
-            self.warmup, self.repeats = 1, 2
-            self.model_preset = "test"
-            self.train_batch, self.train_steps, self.train_warmup = 2, 1, 0
-        else:
-            self.parity_vol = ((96, 96, 96), (4.0, 4.0, 4.0))
-            self.parity_cam = (128, 3.2)
-            self.parity_batch = 4
-            # the chest CT (512 x 512 x 133, 0.703 x 0.703 x 2.5 mm) at the 'auto' level of a
-            # 1.6 mm detector pixel: 1.6 * 750 / 1020 = 1.176 mm in x and y
-            self.bench_vol = ((306, 306, 133), (1.1765, 1.1765, 2.5))
-            self.bench_size, self.bench_pix = 256, 1.6
-            self.bench_batches = (1, 16)
-            self.warmup, self.repeats = 3, 10
-            self.model_preset = "paper"
-            self.train_batch, self.train_steps, self.train_warmup = 16, 5, 2
+    """Problem sizes of the checks: ``QUICK`` (a CPU smoke test) or ``FULL`` (the GPU run)."""
+
+    quick: bool
+    parity_vol: tuple[tuple[int, int, int], tuple[float, float, float]]
+    parity_cam: tuple[int, float]
+    parity_batch: int
+    bench_vol: tuple[tuple[int, int, int], tuple[float, float, float]]
+    bench_size: int
+    bench_pix: float
+    bench_batches: tuple[int, ...]
+    warmup: int
+    repeats: int
+    model_preset: str
+    train_batch: int
+    train_steps: int
+    train_warmup: int
+
+
+QUICK = Sizes(
+    quick=True, parity_vol=((64, 64, 64), (6.0, 6.0, 6.0)), parity_cam=(48, 8.0), parity_batch=2,
+    bench_vol=((32, 32, 24), (11.25, 11.25, 13.8)), bench_size=32, bench_pix=12.8, bench_batches=(1, 2),
+    warmup=1, repeats=2, model_preset="test", train_batch=2, train_steps=1, train_warmup=0,
+)  # fmt: skip
+FULL = Sizes(
+    quick=False, parity_vol=((96, 96, 96), (4.0, 4.0, 4.0)), parity_cam=(128, 3.2), parity_batch=4,
+    # the chest CT (512 x 512 x 133, 0.703 x 0.703 x 2.5 mm) at the 'auto' level of a
+    # 1.6 mm detector pixel: 1.6 * 750 / 1020 = 1.176 mm in x and y
+    bench_vol=((306, 306, 133), (1.1765, 1.1765, 2.5)), bench_size=256, bench_pix=1.6, bench_batches=(1, 16),
+    warmup=3, repeats=10, model_preset="paper", train_batch=16, train_steps=5, train_warmup=2,
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- checks
@@ -558,7 +566,7 @@ def main() -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         _OUT_FH = open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-    sz = Sizes(args.quick)
+    sz = QUICK if args.quick else FULL
     want = set(args.only or CHECKS)
     t_all = time.perf_counter()
 
