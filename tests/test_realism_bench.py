@@ -51,6 +51,8 @@ def test_effects_change_what_they_should() -> None:
     rod = make_xray(shot, {"instrument"}, rng(), 1.0, 1.0)
     assert np.abs(rod - clean).max() > 0.05  # the rod shows
     assert set_effects("all") == set(EFFECTS) and set_effects("clean") == set()
+    assert set_effects("realistic") == {"instrument", "scatter", "heel", "collimator", "low-dose"}  # issue #12's set
+    assert set_effects("scatter") == {"scatter"}
 
 
 def test_a_set_holds_the_same_xrays_whichever_sets_run_beside_it() -> None:
