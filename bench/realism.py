@@ -228,6 +228,7 @@ def main() -> None:
     ap.add_argument("--similarity", default=None, help="Override the refinement similarity.")
     ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: no native level).")
     ap.add_argument("--native-search", choices=("depth", "adam"), default=None, help="Override RefineConfig.native_search.")
+    ap.add_argument("--native-similarity", default=None, help="Override RefineConfig.native_similarity.")
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
     ap.add_argument("--no-refine", action="store_true")
@@ -256,6 +257,8 @@ def main() -> None:
         cfg = replace(cfg, native_size=args.native_size)
     if args.native_search is not None:
         cfg = replace(cfg, native_search=args.native_search)
+    if args.native_similarity is not None:
+        cfg = replace(cfg, native_similarity=args.native_similarity)
     if args.outliers is not None:
         cfg = replace(cfg, native_outliers=args.outliers)
     if args.depth is not None:
@@ -265,7 +268,7 @@ def main() -> None:
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "outliers": cfg.native_outliers,
+                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_similarity, "outliers": cfg.native_outliers,
                  "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = set_rng(args.seed, name)

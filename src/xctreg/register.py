@@ -87,13 +87,10 @@ class RefineConfig:
             The other five parameters leave the model levels within 0.07° and 0.07 mm on
             average, so depth is what is left to place. Measured on 256² independent X-rays
             (bench/realism.py, docs/register.md).
-        native_similarity: the similarity of that level: gradient NCC. Depth shows where edges
-            fall; a local intensity model (patch NCC) is what scatter, the heel effect and low
-            dose pull off the truth. Sweeps of tz through the truth on independent 256²
-            X-rays (tuning split, the other parameters at the truth, 8 X-rays): peaks at
-            +0.09 ± 0.18 mm against +0.81 ± 0.26 with patch NCC and +0.36 ± 0.14 with their
-            mean, with collimator, scatter, heel, rod and low dose together; −0.00 ± 0.15
-            against +0.12 ± 0.18 and +0.03 ± 0.14 on clean X-rays.
+        native_similarity: the similarity of that level. Patch NCC plus gradient NCC: edges'
+            placement is where magnification shows (tz sweeps through the truth on
+            independent X-rays, tuning split, 256²: peak +0.07 ± 0.20 mm against +0.12 ± 0.24
+            with patch NCC alone on clean X-rays, +0.21 ± 0.19 against +0.39 ± 0.26 collimated).
         native_outliers: when > 0, that level first leaves out the pixels the DRR at its
             start pose cannot explain (``similarity.outlier_mask`` with k = this value). Off:
             on the tuning split it did not help (instrument set) or hurt (all effects), as
@@ -115,7 +112,7 @@ class RefineConfig:
     native_size: int = 256
     native_search: Literal["depth", "adam"] = "depth"
     native_iterations: int = 20
-    native_similarity: str = "gradncc"
+    native_similarity: str = "patch-ncc+gradncc"
     native_outliers: float = 0.0
     depth_half_mm: float = 1.5
     depth_samples: int = 7
