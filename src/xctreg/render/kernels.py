@@ -59,17 +59,17 @@ def march_forward(
             i0, fx, _ = _corner(ox + t * dx, ni)
             j0, fy, _ = _corner(oy + t * dy, nj)
             k0, fz, _ = _corner(oz + t * dz, nk)
-            gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-            w000 = gx * gy * gz
-            w100 = fx * gy * gz
-            w010 = gx * fy * gz
-            w110 = fx * fy * gz
-            w001 = gx * gy * fz
-            w101 = fx * gy * fz
-            w011 = gx * fy * fz
+            hx, hy, hz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+            w000 = hx * hy * hz
+            w100 = fx * hy * hz
+            w010 = hx * fy * hz
+            w110 = fx * fy * hz
+            w001 = hx * hy * fz
+            w101 = fx * hy * fz
+            w011 = hx * fy * fz
             w111 = fx * fy * fz
             # a fixed trip count (the channels are at most 3) lets numba unroll this loop:
-            # about 25 % faster than range(C) on 3 channels
+            # about 20 % faster than range(C) on 3 channels
             for c in range(3):
                 if c >= C:
                     break
