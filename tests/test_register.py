@@ -193,7 +193,7 @@ def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> Non
         if search == "depth":  # only tz moves
             assert np.all(moved[:5] == 0) and moved[5] != 0
     # the native level renders the finer detector from the finest model level's volume
-    assert any(c.height == fine_cam.height and cf.voxel_mm != "auto" for c, cf in reg._renderers)
+    assert any(c.height == fine_cam.height and cf.voxel_mm != "auto" for c, cf, _ in reg._renderers)
 
 
 def test_parabola_peak() -> None:

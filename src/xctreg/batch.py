@@ -74,7 +74,7 @@ def write_outputs(result: Any, registrar: Any, outputs: Outputs, title: str = ""
     start = result.initial.params
     if outputs.overlay is not None:
         with torch.no_grad():
-            pair = r(torch.as_tensor(np.stack([start, result.params]), dtype=torch.float32))[:, 0].numpy()
+            pair = r(torch.as_tensor(np.stack([start, result.params]), dtype=torch.float32))[:, 0].cpu().numpy()
         registration_overlay(result.image, pair[0], pair[1], outputs.overlay, title=f"{title}: initial (red), final (green)")
     if outputs.animation is not None:
         traj = np.concatenate([start[None], result.trajectory, result.params[None]])
@@ -82,7 +82,7 @@ def write_outputs(result: Any, registrar: Any, outputs: Outputs, title: str = ""
         with torch.no_grad():
             drrs = torch.cat([r(torch.as_tensor(traj[pick[i : i + 16]], dtype=torch.float32)) for i in range(0, len(pick), 16)])
         labels = ["regressor" if k == 0 else ("final" if k == len(traj) - 1 else f"step {k}") for k in pick]
-        registration_animation(result.image, list(drrs[:, 0].numpy()), labels, outputs.animation)
+        registration_animation(result.image, list(drrs[:, 0].cpu().numpy()), labels, outputs.animation)
 
 
 SUMMARY_FIELDS = (

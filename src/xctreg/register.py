@@ -133,16 +133,20 @@ class Refinement:
 
 
 def cached_renderer(
-    cache: dict[Any, Renderer] | None, volume: Volume, camera: Camera, config: RenderConfig, reference: PoseReference
+    cache: dict[Any, Renderer] | None,
+    volume: Volume,
+    camera: Camera,
+    config: RenderConfig,
+    reference: PoseReference,
+    device: torch.device | str = "cpu",
 ) -> Renderer:
-    """The renderer of ``volume`` for (camera, config), built once per ``cache`` (None: no caching).
-
-    A cache serves one volume and reference, so the key is (camera, config).
+    """The renderer of ``volume`` for (camera, config) on ``device``, built once per ``cache``
+    (None: no caching). A cache serves one volume and reference, so the key is (camera, config, device).
     """
-    key = (camera, config)
+    key = (camera, config, str(torch.device(device)))
     r = cache.get(key) if cache is not None else None
     if r is None:
-        r = Renderer(volume, camera, config, reference=reference)
+        r = Renderer(volume, camera, config, device=device, reference=reference)
         if cache is not None:
             cache[key] = r
     return r
@@ -170,12 +174,15 @@ def refine(
     config: RefineConfig | None = None,
     mask: np.ndarray | None = None,
     renderers: dict[Any, Renderer] | None = None,
+    device: torch.device | str = "cpu",
 ) -> Refinement:
     """Refine pose parameters (deg, mm) so that the DRR matches ``image`` (H, W, bone bright).
 
     ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the similarity.
     ``renderers``: a dict kept between calls on the same volume and reference, so that the
     renderer of each level (its pyramid level and material volumes) is built once.
+    ``device``: where the DRRs and the similarity are computed (the numba kernels on the CPU,
+    torch on CUDA, unless ``config.render.backend`` says otherwise); the parameters stay on the CPU.
     """
     cfg = config or RefineConfig()
     sim_fn = get_similarity(cfg.similarity)
@@ -187,7 +194,8 @@ def refine(
     path: list[np.ndarray] = []
     for level, (size, iters) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
         cam, y, mk = level_inputs(camera, target, m_full, size)
-        r = cached_renderer(renderers, volume, cam, cfg.render, reference)
+        r = cached_renderer(renderers, volume, cam, cfg.render, reference, device)
+        y, mk = y.to(r.device), None if mk is None else mk.to(r.device)
         rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
         tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
@@ -245,6 +253,7 @@ def search_depth(
     the number of renders.
     """
     sim_fn = get_similarity(similarity_name)
+    image, mask = image.to(renderer.device), None if mask is None else mask.to(renderer.device)
     p = np.asarray(params, dtype=np.float64).copy()
     n, k, extended = 0, 0, 0
     path: list[np.ndarray] = []
@@ -254,7 +263,7 @@ def search_depth(
         batch[:, 5] += offsets
         drr = renderer(torch.as_tensor(batch, dtype=torch.float32))[:, 0]
         m = None if mask is None else mask.expand_as(drr)
-        values = sim_fn(drr, image.expand_as(drr), m).double().numpy()
+        values = sim_fn(drr, image.expand_as(drr), m).double().cpu().numpy()
         step = parabola_peak(offsets, values)
         p[5] += step
         n += samples
@@ -327,8 +336,8 @@ class Result:
 class Registrar:
     """A trained patient-specific model, loaded once, for many X-rays.
 
-    ``device`` runs the regressor (refinement renders on the CPU kernels or, with
-    ``RefineConfig.render.backend``, torch on any device). ``strict`` refuses a CT
+    ``device`` runs the regressor and refinement's renderer (the numba kernels on the CPU,
+    torch on CUDA; ``RefineConfig.render.backend`` can choose). ``strict`` refuses a CT
     whose SHA-256 differs from the one trained on (otherwise a warning).
     """
 
@@ -345,7 +354,7 @@ class Registrar:
 
     def renderer(self, camera: Camera | None = None, config: RenderConfig | None = None) -> Renderer:
         """A renderer of the model's CT (default: the model's camera, default physics), built once."""
-        return cached_renderer(self._renderers, self.ct(), camera or self.camera, config or RenderConfig(), self.reference)
+        return cached_renderer(self._renderers, self.ct(), camera or self.camera, config or RenderConfig(), self.reference, self.device)
 
     def ct(self) -> Volume:
         """The CT the model was trained on (read from config.json's path; SHA-256 checked)."""
@@ -416,10 +425,10 @@ class Registrar:
             t0 = time.perf_counter()
             cam, y, mk = level_inputs(n.camera, torch.as_tensor(n.image)[None, None], torch.as_tensor(n.mask)[None, None], cfg.native_size)
             assert mk is not None
-            r = cached_renderer(self._renderers, self.ct(), cam, render, self.reference)
+            r = cached_renderer(self._renderers, self.ct(), cam, render, self.reference, self.device)
             if cfg.native_outliers > 0:
                 with torch.no_grad():
-                    drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0]
+                    drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0].cpu()
                 mk = outlier_mask(drr, y, mk, cfg.native_outliers)
             params, path, _ = search_depth(r, y, mk, ref.params, cfg.native_similarity, cfg.depth_half_mm,
                                            cfg.depth_samples, cfg.depth_rounds)  # fmt: skip
@@ -428,7 +437,7 @@ class Registrar:
             f = cfg.lr_decay ** len(cfg.sizes)
             level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
-            fine = refine(self.ct(), n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers)
+            fine = refine(self.ct(), n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers, self.device)
         return Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + fine.seconds,
                           np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
 
@@ -495,12 +504,12 @@ class Registrar:
         cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
-            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers)
+            ref = refine(self.ct(), xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers, self.device)
             rng = np.random.default_rng(0)
             k = 0
             while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
-                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers)
+                alt = refine(self.ct(), xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers, self.device)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
@@ -510,7 +519,7 @@ class Registrar:
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = self.space.pose(params)
         with torch.no_grad():
-            drr = self.renderer(cam)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
+            drr = self.renderer(cam)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
         sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
         timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
         extra = {"model_dir": str(self.dir.resolve()), "ct_path": self.meta.get("ct_path")}

@@ -260,9 +260,11 @@ class Trainer:
 
     # -------------------------------------------------------------- one batch
     def make_batch(self, L: torch.Tensor, p: torch.Tensor, strength: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented network input (B, 1, S, S) and the clean target image (B, 1, S, S)."""
+        """Augmented network input (B, 1, S, S) and the clean target image (B, 1, S, S), on the
+        trainer's device (the augmentation runs there; its random draws come from ``g``, on the CPU)."""
         S = self.cfg.model.input_size
-        T = self.space.to_matrix(p.double())
+        L = L.to(self.device)
+        T = self.space.to_matrix(p.double()).to(self.device)
         x = augment(L, AugmentConfig().scaled(strength), g, T, self.cfg.camera, self.iso, self.half)
         clean = clean_image(L)
         if x.shape[-1] != S:
