@@ -179,7 +179,8 @@ def test_augmentation_does_not_move_anatomy(batch) -> None:
                     scores[dy, dx] = float((x * y).sum() / ((x * x).sum() * (y * y).sum()).sqrt().clamp_min(1e-12))
             for k, v in scores.items():
                 total[k] = total.get(k, 0.0) + v
-            assert scores[0, 0] > max(scores.values()) - 0.02, (seed, i)  # noise (down to 1e4 photons) may tip it by a hair
+            dy, dx = max(scores, key=scores.get)  # heavy noise plus CLAHE can tip one image by a pixel,
+            assert abs(dy) <= 1 and abs(dx) <= 1, (seed, i, (dy, dx))  # a real shift moves them all:
     assert max(total, key=total.get) == (0, 0)
 
 
@@ -245,6 +246,10 @@ def test_heel_ramp() -> None:
     assert torch.allclose(cols[:, 0], torch.full((8,), 0.8)) and torch.allclose(cols[:, -1], torch.full((8,), 1.2))
     rows = heel(img, -0.1, along_rows=True)[0, 0]
     assert torch.allclose(rows[0], torch.full((10,), 1.1)) and torch.allclose(rows[-1], torch.full((10,), 0.9))
+    from xctreg.data.augment import heel_per_sample
+
+    both = heel_per_sample(torch.ones(2, 1, 8, 10), torch.tensor([0.2, -0.1]), torch.tensor([False, True]))
+    torch.testing.assert_close(both, torch.cat([heel(img, 0.2, False), heel(img, -0.1, True)]))
 
 
 def test_collimated_training_image_looks_like_a_prepared_xray() -> None:

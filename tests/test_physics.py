@@ -99,6 +99,34 @@ def test_bone_contrast_falls_with_kvp() -> None:
     assert contrast[0] > contrast[1] > contrast[2] > 0
 
 
+def test_per_sample_detector_matches_one_image_at_a_time() -> None:
+    """The batched detector of the training augmentation: each image as ``apply_detector`` gives
+    it alone (blur, scatter, Beer-Lambert per spectrum); the Poisson noise has the right spread."""
+    from xctreg.physics.detector import _gaussian_blur, apply_detector_per_sample, beer_lambert_per_sample, gaussian_blur_per_sample
+
+    g = torch.Generator().manual_seed(1)
+    img = 0.05 + 0.9 * torch.rand(3, 1, 40, 48, generator=g)
+    sig = torch.tensor([0.0, 0.7, 1.5])
+    out = gaussian_blur_per_sample(img, sig)
+    torch.testing.assert_close(out[0], img[0])
+    for b in (1, 2):
+        torch.testing.assert_close(out[b : b + 1], _gaussian_blur(img[b : b + 1], float(sig[b])), atol=2e-3, rtol=0)
+    scatter = torch.tensor([0.0, 0.3, 0.1])
+    att = apply_detector_per_sample(img, torch.zeros(3), sig, scatter)
+    for b in range(3):
+        one = apply_detector(img[b : b + 1], DetectorConfig(blur_px=float(sig[b]), scatter_fraction=float(scatter[b])))
+        torch.testing.assert_close(att[b : b + 1], one, atol=5e-3, rtol=0)
+    flat = torch.full((2, 1, 64, 64), 0.1)
+    noisy = apply_detector_per_sample(flat, torch.tensor([1e4, 0.0]), torch.zeros(2), torch.zeros(2), generator=g)
+    assert float(noisy[0].std()) == pytest.approx(1 / np.sqrt(1000), rel=0.15)
+    assert float(noisy[1].std()) < 1e-6  # no photons given: no noise
+    L = torch.rand(2, 3, 8, 8, generator=g)
+    spectra = [tube_spectrum(70, 4.0, 4), tube_spectrum(120, 4.0, 6)]
+    both = beer_lambert_per_sample(L, spectra)
+    for b in range(2):
+        torch.testing.assert_close(both[b : b + 1], beer_lambert(L[b : b + 1], spectra[b]))
+
+
 def test_detector_effects() -> None:
     g = torch.Generator().manual_seed(0)
     flat = torch.full((1, 1, 64, 64), 0.1)

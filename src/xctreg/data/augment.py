@@ -30,7 +30,7 @@ import torch
 
 from xctreg.geometry import Camera, backproject, pixel_grid
 from xctreg.io.volume import Volume
-from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
+from xctreg.physics.detector import DetectorConfig, apply_detector_per_sample, beer_lambert, beer_lambert_per_sample
 from xctreg.physics.spectrum import Spectrum, tube_spectrum
 from xctreg.render.rays import ray_box_interval
 
@@ -118,12 +118,12 @@ def random_objects(
     T: torch.Tensor, camera: Camera, isocenter: torch.Tensor, body_half_mm: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
 ) -> torch.Tensor:
     """Line integrals (B, 3, H, W) g/cm² of random instruments and a table edge, per pose T (B, 4, 4)."""
-    B = T.shape[0]
-    out = torch.zeros(B, 3, camera.height, camera.width, dtype=torch.float64)
-    uv = pixel_grid(camera, dtype=torch.float64)
+    B, dev = T.shape[0], T.device
+    out = torch.zeros(B, 3, camera.height, camera.width, dtype=torch.float64, device=dev)
+    uv = pixel_grid(camera, dtype=torch.float64, device=dev)
     src, dirs = backproject(uv, T.double(), camera)
-    iso = isocenter.double()
-    half = body_half_mm.double()
+    iso = isocenter.double().cpu()  # the draws stay on the CPU generator; chords run on T's device
+    half = body_half_mm.double().cpu()
     for b in range(B):
         if _hit(g, cfg.p_objects, cfg.strength):
             for _ in range(1 + int(_u(g) * cfg.max_objects)):
@@ -132,13 +132,13 @@ def random_objects(
                 ln = _u(g, *length)
                 c = iso + half * 0.6 * (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1)
                 ax = torch.randn(3, generator=g, dtype=torch.float64)
-                chord = cylinder_chords(src[b], dirs[b], c, ax, r, ln / 2)
+                chord = cylinder_chords(src[b], dirs[b], c.to(dev), ax.to(dev), r, ln / 2)
                 out[b, 2] += (chord * 0.1 * TITANIUM_AS_BONE).reshape(camera.height, camera.width)
         if _hit(g, cfg.p_table, cfg.strength):
             y0 = float(iso[1] + half[1] * _u(g, 0.7, 1.0))
             lo = torch.tensor([iso[0] - 250, y0, iso[2] - 1000], dtype=torch.float64)
             hi = torch.tensor([iso[0] + 250, y0 + _u(g, 10, 30), iso[2] + 1000], dtype=torch.float64)
-            chord = box_chords(src[b], dirs[b], lo, hi)
+            chord = box_chords(src[b], dirs[b], lo.to(dev), hi.to(dev))
             out[b, 1] += (chord * 0.1 * TABLE_AS_SOFT).reshape(camera.height, camera.width)
     return out
 
@@ -164,31 +164,45 @@ def warm_spectra(kvp_range: tuple[float, float] = (70.0, 120.0)) -> None:
 def heel(intensity: torch.Tensor, amount: float, along_rows: bool) -> torch.Tensor:
     """The heel effect: I/I0 (B, 1, H, W) times 1 + ``amount`` x (-1 at one edge, +1 at the
     other), along the columns or, with ``along_rows``, down the rows (the anode-cathode axis)."""
-    H, W = intensity.shape[-2:]
-    ramp = torch.linspace(-1.0, 1.0, H if along_rows else W, dtype=intensity.dtype)
-    ramp = ramp[:, None] if along_rows else ramp[None, :]
-    return intensity * (1.0 + amount * ramp)
+    B = intensity.shape[0]
+    return heel_per_sample(intensity, torch.full((B,), float(amount)), torch.full((B,), bool(along_rows)))
+
+
+def heel_per_sample(intensity: torch.Tensor, amount: torch.Tensor, along_rows: torch.Tensor) -> torch.Tensor:
+    """``heel`` with an amount (B,) and an axis (B,) bool per image (amount 0: unchanged)."""
+    B, _, H, W = intensity.shape
+    dev, dt = intensity.device, intensity.dtype
+    rows = torch.linspace(-1.0, 1.0, H, dtype=dt, device=dev)[None, :, None].expand(B, H, W)
+    cols = torch.linspace(-1.0, 1.0, W, dtype=dt, device=dev)[None, None, :].expand(B, H, W)
+    ramp = torch.where(along_rows.to(dev).reshape(B, 1, 1), rows, cols)
+    return intensity * (1.0 + amount.to(dev, dt).reshape(B, 1, 1) * ramp).unsqueeze(1)
 
 
 def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Attenuation images (B, 1, H, W) from line integrals with random tube, contrast and detector."""
-    s = cfg.strength
-    imgs = []
-    for b in range(L.shape[0]):
-        lb = L[b : b + 1].float()
-        kvp = 90.0 + s * (_u(g, *cfg.kvp_range) - 90.0)
-        scale = 1.0 + s * (_u(g, *cfg.bone_scale_range) - 1.0)
-        lb = torch.cat([lb[:, :2], lb[:, 2:] * scale], dim=1)
-        inten = beer_lambert(lb, _spectrum(kvp))
-        if _hit(g, cfg.p_heel, s):
-            inten = heel(inten, s * _u(g, -cfg.heel_max, cfg.heel_max), _u(g) < 0.5)
-        photons = None
+    """Attenuation images (B, 1, H, W) from line integrals with random tube, contrast and detector.
+
+    The settings are drawn per image from ``g``; the images are then computed as one batch."""
+    s, B = cfg.strength, L.shape[0]
+    spectra, bone, heel_amt, heel_rows, photons, blur, scatter = [], [], [], [], [], [], []
+    for _ in range(B):
+        spectra.append(_spectrum(90.0 + s * (_u(g, *cfg.kvp_range) - 90.0)))
+        bone.append(1.0 + s * (_u(g, *cfg.bone_scale_range) - 1.0))
+        on = _hit(g, cfg.p_heel, s)
+        heel_amt.append(s * _u(g, -cfg.heel_max, cfg.heel_max) if on else 0.0)
+        heel_rows.append(_u(g) < 0.5 if on else False)
+        n0 = 0.0
         if _hit(g, cfg.p_noise, s):
             lo, hi = math.log(cfg.photons_range[0]), math.log(cfg.photons_range[1])
-            photons = math.exp(hi - s * (hi - lo) * _u(g))
-        det = DetectorConfig(photons=photons, blur_px=s * _u(g, 0, cfg.blur_px_max), scatter_fraction=s * _u(g, 0, cfg.scatter_max))
-        imgs.append(apply_detector(inten, det, g))
-    return torch.cat(imgs)
+            n0 = math.exp(hi - s * (hi - lo) * _u(g))
+        photons.append(n0)
+        blur.append(s * _u(g, 0, cfg.blur_px_max))
+        scatter.append(s * _u(g, 0, cfg.scatter_max))
+    L = L.float()
+    scale = torch.tensor(bone, dtype=L.dtype, device=L.device).reshape(B, 1, 1, 1)
+    inten = beer_lambert_per_sample(torch.cat([L[:, :2], L[:, 2:] * scale], dim=1), spectra)
+    inten = heel_per_sample(inten, torch.tensor(heel_amt), torch.tensor(heel_rows))
+    f = torch.tensor
+    return apply_detector_per_sample(inten, f(photons), f(blur), f(scatter), DetectorConfig().scatter_sigma_frac, g)
 
 
 # ------------------------------------------------------------------ image level
@@ -201,14 +215,16 @@ def normalize(img: torch.Tensor) -> torch.Tensor:
 
 def collimate(img: torch.Tensor, g: torch.Generator, value: float) -> torch.Tensor:
     """Black (0) or saturated (1) borders: a circle or a rectangle of random size."""
-    return torch.where(field_mask(img.shape[-2:], g, img.dtype), img, torch.full_like(img, value))
+    return torch.where(field_mask(img.shape[-2:], g, img.dtype, img.device), img, torch.full_like(img, value))
 
 
-def field_mask(shape: tuple[int, int] | torch.Size, g: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(H, W) bool, True inside a random collimator: a circle (radius 0.38-0.55 of the image,
-    off-centre by up to 5 %) or a rectangle (each border up to 15 %)."""
+def field_mask(
+    shape: tuple[int, int] | torch.Size, g: torch.Generator, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(H, W) bool on ``device``, True inside a random collimator: a circle (radius 0.38-0.55
+    of the image, off-centre by up to 5 %) or a rectangle (each border up to 15 %)."""
     H, W = shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
+    v, u = torch.meshgrid(torch.arange(H, dtype=dtype, device=device), torch.arange(W, dtype=dtype, device=device), indexing="ij")
     if _u(g) < 0.5:
         r = _u(g, 0.38, 0.55) * min(H, W)
         cu, cv = (W - 1) / 2 + _u(g, -0.05, 0.05) * W, (H - 1) / 2 + _u(g, -0.05, 0.05) * H
@@ -239,7 +255,7 @@ def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
             sig = _u(g, 0.8, 2.0)
             x = x + _u(g, 0.3, 1.0) * (x - kornia.filters.gaussian_blur2d(x, (9, 9), (sig, sig), border_type="replicate"))
         if _hit(g, cfg.p_gauss_noise, s):
-            x = x + _u(g, 0.005, 0.04) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+            x = x + _u(g, 0.005, 0.04) * torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
         if _hit(g, cfg.p_saturate, s):
             x = x.clamp(max=_u(g, 0.85, 0.98))
         x = normalize(x.clamp(-1, 2))
@@ -253,7 +269,7 @@ def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
             # as registration's preprocessing shows a collimated X-ray: the field stretched to
             # [0, 1], the borders black (opaque shutters) or saturated (leaky ones, brighter)
             value = 0.0 if _u(g) < 0.5 else 1.0
-            keep = field_mask(x.shape[-2:], g, x.dtype)
+            keep = field_mask(x.shape[-2:], g, x.dtype, x.device)
             inside = x[..., keep]
             lo, hi = inside.min(), inside.max()
             x = torch.where(keep, ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1), torch.full_like(x, value))

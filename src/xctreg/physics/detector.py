@@ -6,6 +6,7 @@ bone). Output: attenuation images -log(I/I0) (B, 1, H, W), bone bright.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,43 @@ def beer_lambert(line_integrals: torch.Tensor, spectrum: Spectrum) -> torch.Tens
     return torch.einsum("e,behw->bhw", w, torch.exp(-att)).unsqueeze(1)
 
 
+def beer_lambert_per_sample(line_integrals: torch.Tensor, spectra: Sequence[Spectrum]) -> torch.Tensor:
+    """``beer_lambert`` with its own spectrum for each of the B images: (B, 3, H, W) g/cm² ->
+    I/I0 (B, 1, H, W). The spectra's bins are padded with zero weights to a common count."""
+    B = line_integrals.shape[0]
+    if len(spectra) != B:
+        raise ValueError(f"{len(spectra)} spectra for {B} images")
+    n = max(len(sp.energies_kev) for sp in spectra)
+    mu = torch.zeros(B, line_integrals.shape[1], n, dtype=torch.float64)
+    w = torch.zeros(B, n, dtype=torch.float64)
+    for b, sp in enumerate(spectra):
+        k = len(sp.energies_kev)
+        mu[b, :, :k] = torch.as_tensor(attenuation_table(sp.energies_kev))
+        w[b, :k] = torch.as_tensor(sp.weights)
+    mu = mu.to(device=line_integrals.device, dtype=line_integrals.dtype)
+    w = w.to(device=line_integrals.device, dtype=line_integrals.dtype)
+    att = torch.einsum("bme,bmhw->behw", mu, line_integrals)
+    return torch.einsum("be,behw->bhw", w, torch.exp(-att)).unsqueeze(1)
+
+
+def gaussian_blur_per_sample(img: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images, each with its own sigma (B,) in pixels
+    (<= 0: unchanged), replicate borders; one grouped convolution per axis for the batch."""
+    B, C, H, W = img.shape
+    sig = sigma_px.detach().to("cpu", torch.float64).reshape(B)
+    r = int(round(3 * float(sig.max()))) if B else 0
+    if r < 1:
+        return img
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x[None] / sig.clamp_min(1e-6)[:, None]) ** 2)
+    k = torch.where(sig[:, None] > 0, k, (x[None] == 0).double())
+    k = (k / k.sum(1, keepdim=True)).to(img.device, img.dtype).repeat_interleave(C, 0)  # (B*C, K)
+    y = F.pad(img.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k[:, None, None, :], groups=B * C)
+    y = F.conv2d(y, k[:, None, :, None], groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
 def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     import kornia
 
@@ -71,6 +109,41 @@ def apply_detector(
         img = _gaussian_blur(img, float(config.blur_px))
     if config.photons is not None:
         n0 = float(config.photons)
-        counts = torch.poisson((img * n0).clamp_min(0.0).float(), generator=generator).to(img.dtype)
+        rate = (img * n0).clamp_min(0.0).float()
+        if generator is not None and generator.device != rate.device:  # draw where the generator lives: same noise on any device
+            counts = torch.poisson(rate.to(generator.device), generator=generator).to(rate.device)
+        else:
+            counts = torch.poisson(rate, generator=generator)
+        counts = counts.to(img.dtype)
         img = counts.clamp_min(0.5) / n0
+    return -torch.log(img.clamp_min(1e-12))
+
+
+def apply_detector_per_sample(
+    intensity: torch.Tensor,
+    photons: torch.Tensor,
+    blur_px: torch.Tensor,
+    scatter_fraction: torch.Tensor,
+    scatter_sigma_frac: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``apply_detector`` with its own settings for each of the B images, batched: I/I0
+    (B, 1, H, W) -> attenuation (B, 1, H, W). ``photons`` (B,): counts of the open beam
+    (<= 0 or not finite: no noise); ``blur_px`` (B,) sigma in pixels; ``scatter_fraction`` (B,).
+    The Poisson draws come from ``generator`` on its own device, as in ``apply_detector``."""
+    B = intensity.shape[0]
+    view = (B, 1, 1, 1)
+    s = scatter_fraction.to(intensity.device, intensity.dtype).reshape(view)
+    img = intensity
+    if bool((s > 0).any()):
+        img = (1.0 - s) * img + s * _scatter(img, scatter_sigma_frac)
+    img = gaussian_blur_per_sample(img, blur_px)
+    n0 = photons.to(intensity.device, torch.float32).reshape(view)
+    noisy = torch.isfinite(n0) & (n0 > 0)
+    if bool(noisy.any()):
+        n0 = torch.where(noisy, n0, torch.ones_like(n0))
+        rate = (img * n0).clamp_min(0.0).float()
+        dev = generator.device if generator is not None else rate.device
+        counts = torch.poisson(rate.to(dev), generator=generator).to(rate.device)
+        img = torch.where(noisy, (counts.clamp_min(0.5) / n0).to(img.dtype), img)
     return -torch.log(img.clamp_min(1e-12))
