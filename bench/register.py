@@ -2,6 +2,7 @@
 
     python bench/register.py [--n 5] [--preset quick] [--model-dir DIR] [--device auto]
                              [--similarity patch-ncc[,ncc+gradncc,...]] [--collimator]
+                             [--ct PATH] [--reference-device cpu]
 
 Targets are polyenergetic, noisy DRRs at random poses. Without --model-dir the
 regressor's time is measured with an untrained network of the preset's shape
@@ -10,8 +11,12 @@ perturbed by about the quick regressor's error (±3°, ±5 mm, ±10 mm in depth)
 with --model-dir the trained model's own estimate is the start. Several
 similarities (comma-separated) are compared on the same X-rays and starts.
 --collimator blacks out the X-rays outside a circle (radius 0.45 of the width)
-and lets refinement find and mask it (preprocess.detect_field). The last line
-is JSON.
+and lets refinement find and mask it (preprocess.detect_field). Refinement
+keeps its renderers between X-rays (the warm case of a folder run or the Python
+API). --ct replaces the chest CT (e.g. a phantom on a machine that cannot
+download it). --reference-device refines the same X-rays from the same starts on
+a second device too and prints the time ratio (e.g. --device cuda
+--reference-device cpu). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def main() -> None:
     ap.add_argument("--similarity", default="patch-ncc", help="comma-separated names; default: the refinement default")
     ap.add_argument("--collimator", action="store_true")
     ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
+    ap.add_argument("--ct", default=None, help="a CT instead of the chest CT")
+    ap.add_argument("--reference-device", default=None, help="also refine on this device, for a time ratio")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -50,7 +57,7 @@ def main() -> None:
     from xctreg.train import preset
 
     dev = resolve_device(args.device)
-    vol = read_volume(fetch_chest())
+    vol = read_volume(args.ct or fetch_chest())
     cfg = preset(args.preset)
     cam = cfg.camera
     space = cfg.space(vol)
@@ -68,7 +75,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pts = torch.as_tensor(target_points(vol, 5000))
     T = lambda q: space.to_matrix(torch.as_tensor(q, dtype=torch.float64))  # noqa: E731
-    refine(vol, imgs[0], cam, ref, truth[0])  # warm-up: kernel compilation, pyramid levels
+    devices = [dev] + ([resolve_device(args.reference_device)] if args.reference_device else [])
+    devices = list(dict.fromkeys(devices))
+    caches: dict[str, dict] = {str(d): {} for d in devices}
+    for d in devices:  # warm-up: kernel compilation, pyramid levels
+        refine(vol, imgs[0], cam, ref, truth[0], renderers=caches[str(d)], device=d)
     t_reg, starts, masks = [], [], []
     for img, p in zip(imgs, truth, strict=True):
         t = time.perf_counter()
@@ -80,25 +91,34 @@ def main() -> None:
             starts.append(p + rng.uniform(-1, 1, 6) * np.array([3, 3, 3, 5, 5, 10]))
         t_reg.append(time.perf_counter() - t)
         masks.append(detect_field(img).astype(np.float32) if args.collimator else None)
-    summary = {"device": str(dev), "preset": args.preset, "n": args.n, "collimator": args.collimator,
-               "seconds_regress": float(np.mean(t_reg)), "similarity": {}}  # fmt: skip
+    summary = {"device": str(dev), "devices": [str(d) for d in devices], "preset": args.preset, "n": args.n,
+               "collimator": args.collimator, "ct": args.ct or "chest", "seconds_regress": float(np.mean(t_reg)),
+               "similarity": {}}  # fmt: skip
+    rcfg = {} if args.lr_decay is None else {"lr_decay": args.lr_decay}
     for name in args.similarity.split(","):
-        t_ref, errs = [], []
-        for img, p, start, mask in zip(imgs, truth, starts, masks, strict=True):
-            res = refine(vol, img, cam, ref, start, RefineConfig(similarity=name, **({} if args.lr_decay is None else {"lr_decay": args.lr_decay})), mask=mask)
-            t_ref.append(res.seconds)
-            errs.append(float(mtre(T(res.params), T(p), pts)))
-            print(f"{name}: mTRE {errs[-1]:.3f} mm; refine {t_ref[-1]:.2f} s ({res.iterations} it)", flush=True)
-        e = np.asarray(errs)
-        summary["similarity"][name] = {
-            "seconds_refine": float(np.mean(t_ref)),
-            "seconds_per_xray": float(np.mean(t_reg) + np.mean(t_ref)),
-            "median_mtre_mm": float(np.median(e)),
-            "mean_mtre_mm": float(np.mean(e)),
-            "sr_2mm": float(np.mean(e < 2)),
-            "sr_1mm": float(np.mean(e < 1)),
-        }
-        print(name, json.dumps(summary["similarity"][name]), flush=True)
+        for d in devices:
+            t_ref, errs = [], []
+            for img, p, start, mask in zip(imgs, truth, starts, masks, strict=True):
+                res = refine(vol, img, cam, ref, start, RefineConfig(similarity=name, **rcfg), mask=mask, renderers=caches[str(d)], device=d)
+                t_ref.append(res.seconds)
+                errs.append(float(mtre(T(res.params), T(p), pts)))
+                print(f"{name} on {d}: mTRE {errs[-1]:.3f} mm; refine {t_ref[-1]:.2f} s ({res.iterations} it)", flush=True)
+            e = np.asarray(errs)
+            key = name if d == dev else f"{name}@{d}"
+            summary["similarity"][key] = {
+                "device": str(d),
+                "seconds_refine": float(np.mean(t_ref)),
+                "seconds_per_xray": float(np.mean(t_reg) + np.mean(t_ref)),
+                "median_mtre_mm": float(np.median(e)),
+                "mean_mtre_mm": float(np.mean(e)),
+                "sr_2mm": float(np.mean(e < 2)),
+                "sr_1mm": float(np.mean(e < 1)),
+            }
+            print(key, json.dumps(summary["similarity"][key]), flush=True)
+        if len(devices) > 1:
+            a, b = summary["similarity"][name], summary["similarity"][f"{name}@{devices[1]}"]
+            a["speedup_vs_reference"] = b["seconds_refine"] / max(a["seconds_refine"], 1e-9)
+            print(f"{name}: refinement on {dev} is {a['speedup_vs_reference']:.2f}x the speed of {devices[1]}", flush=True)
     print(json.dumps(summary))
 
 

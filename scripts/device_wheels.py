@@ -18,6 +18,8 @@ The device image has torch, numpy, scipy, matplotlib, numba, typer, rich, pillow
   the legacy 'spekcalc'/'spekpy-v1' physics models, which then raise IndexError);
 * drops pydicom's own test DICOMs (pydicom/data/test_files, used only by
   pydicom.data.get_testdata_file; xctreg never calls it);
+* adds nanodrr and what it needs beyond the device image (torchio, nibabel,
+  Deprecated): the test-only speed reference of bench/nanodrr_speed.py;
 * takes SQLAlchemy's pure-Python wheel (xraydb needs it; C speed-ups not needed);
 * recompresses every wheel's members with LZMA (ZIP method 14, which pip's
   zipfile extraction reads); RECORD hashes are of the uncompressed content, so
@@ -56,6 +58,11 @@ PINS: list[tuple[str, bool]] = [
     ("kornia_rs==0.2.0", False),
     ("monai==1.6.1", True),  # -> numpy, torch
     ("platformdirs==4.14.8", True),
+    # test-only references for bench/nanodrr_speed.py (never runtime dependencies of xctreg)
+    ("nanodrr==0.1.7", True),  # -> jaxtyping, roma, platformdirs, torch, torchio
+    ("torchio==1.2.1", True),  # -> deprecated, nibabel; einops, humanize, rich, tqdm, typer are on the device
+    ("nibabel==5.4.2", True),
+    ("Deprecated==1.3.1", True),  # -> wrapt (on the device)
 ]
 
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
