@@ -19,11 +19,9 @@ Output: one JSON line per result, to stdout and appended to ``--out``:
   ``rel_l1``: relative L1 of 0.1 x nanodrr (value·mm -> g/cm²) vs xctreg;
   ``grad_cos``: cosine between the two gradients of the same scalar loss (random
   pixel weights) w.r.t. the (B, 6) pose parameters, with ``grad_row0_*`` (reported
-  only: nanodrr differentiates through the ray-box clipping, xctreg computes the
-  entry/exit distances without gradient, so where the CT is cut off at the box faces
-  with tissue in it (the chest grid's z faces) the two gradients differ: on that grid
-  (CPU, 128² px) nanodrr's pose gradient matched central differences of its own
-  forward, xctreg's did not); ``ncc_min_nanodrr_mu``:
+  only: both differentiate through the ray-box clipping, so where the CT is cut off
+  at the box faces with tissue in it (the chest grid's z faces) the term of the faces
+  is in both; this check found it missing in xctreg, see docs/renderer.md); ``ncc_min_nanodrr_mu``:
   the NCC against nanodrr's own HU -> mu conversion (reported only).
 * ``{"kind": "cell", ...}``: one per renderer x variant x batch x pass.
   ``renderer`` xctreg (``mode`` line: one density channel, no spectrum; poly: the

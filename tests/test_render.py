@@ -139,6 +139,37 @@ def test_pose_gradient_matches_finite_differences(small_phantom, backend, mode) 
     np.testing.assert_allclose(grad, fd, rtol=0.03, atol=0.02 * np.abs(fd).max())
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_pose_gradient_on_a_ct_cut_off_through_tissue(backend) -> None:
+    """A CT whose faces cut through tissue (as every chest CT's cranio-caudal ends do): the
+    gradient includes how the rays' entry and exit through those faces move with the pose
+    (bug: the entry/exit distances were held fixed; on the chest grid that turned the sign
+    of the rz and ty gradients). A smooth volume, fine steps and small differences: rays
+    that graze a cut-off face make the image curve fast with the pose."""
+    n, sp = (32, 32, 12), 6.0
+    k, j, i = np.meshgrid(*[np.arange(m) for m in n[::-1]], indexing="ij")
+    x, y, z = (i - n[0] / 2) * sp, (j - n[1] / 2) * sp, (k - n[2] / 2) * sp
+    hu = 300 * np.exp(-((x - 20) ** 2 + (y + 10) ** 2 + (z - 15) ** 2) / (2 * 25**2)) + 200 * np.cos(x / 35) * np.cos(z / 30)
+    vol = Volume(hu.astype(np.float32), [sp] * 3, origin=[-v / 2 * sp for v in n])  # tissue on every face
+    r = Renderer(vol, Camera(1020.0, 40, 40, (8.0, 8.0)), RenderConfig(mode="line", backend=backend, step_mm=0.5))
+    weights = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(1))
+
+    def loss(q: torch.Tensor) -> torch.Tensor:
+        return (r(q) * weights).mean()
+
+    p0 = torch.tensor([[3.0, -2.0, 4.0, 5.0, 6.0, 10.0]], dtype=torch.float64, requires_grad=True)
+    loss(p0).backward()
+    grad = p0.grad[0].numpy()
+    h = np.array([0.01, 0.01, 0.01, 0.02, 0.02, 0.05])
+    fd = np.zeros(6)
+    for i in range(6):
+        e = torch.zeros(1, 6, dtype=torch.float64)
+        e[0, i] = h[i]
+        with torch.no_grad():
+            fd[i] = float(loss(p0.detach() + e) - loss(p0.detach() - e)) / (2 * h[i])
+    np.testing.assert_allclose(grad, fd, rtol=0.02, atol=0.01 * np.abs(fd).max())
+
+
 def test_torch_backend_gradient_wrt_volume(small_phantom) -> None:
     r = Renderer(small_phantom, CAM64, RenderConfig(backend="torch"))
     r.channels.requires_grad_(True)

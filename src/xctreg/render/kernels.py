@@ -108,7 +108,8 @@ def march_backward(
     grad_o: np.ndarray,
     grad_d: np.ndarray,
 ) -> None:
-    """Gradient of :func:`march_forward` with respect to o and d (t0, t1 and Δt held fixed).
+    """Gradient of :func:`march_forward` with respect to o and d (t0, t1 and Δt held fixed; the
+    entry/exit terms follow from its outputs, ``march._interval_grads``).
 
     grad_out (R, C) upstream gradient; grad_o, grad_d (R, 3) receive
     Σ_s ∇f·g Δt and Σ_s t_s ∇f·g Δt.

@@ -32,15 +32,16 @@ class _NumbaMarch(torch.autograd.Function):
         a, b = _np32(t0.reshape(-1)), _np32(t1.reshape(-1))
         out = np.empty((o.shape[0], vol_np.shape[-1]), np.float32)
         march_forward(vol_np, o, d, a, b, float(step), out)
-        ctx.save_for_backward(origin, direction, t0, t1)
+        L = torch.from_numpy(out).to(origin.dtype).reshape(*shape, vol_np.shape[-1])
+        ctx.save_for_backward(origin, direction, t0, t1, L)
         ctx.vol_np, ctx.step = vol_np, step
-        return torch.from_numpy(out).to(origin.dtype).reshape(*shape, vol_np.shape[-1])
+        return L
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         from xctreg.render.kernels import march_backward
 
-        origin, direction, t0, t1 = ctx.saved_tensors
+        origin, direction, t0, t1, L = ctx.saved_tensors
         shape = origin.shape
         o, d = _np32(origin.reshape(-1, 3)), _np32(direction.reshape(-1, 3))
         a, b = _np32(t0.reshape(-1)), _np32(t1.reshape(-1))
@@ -49,7 +50,32 @@ class _NumbaMarch(torch.autograd.Function):
         gd = np.empty_like(d)
         march_backward(ctx.vol_np, o, d, a, b, float(ctx.step), g, go, gd)
         to = lambda x: torch.from_numpy(x).to(origin.dtype).reshape(shape)  # noqa: E731
-        return to(go), to(gd), None, None, None, None
+        go_t, gd_t = to(go), to(gd)
+        g_t0 = g_t1 = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            g_t0, g_t1 = _interval_grads(go_t, gd_t, direction, t0, t1, (grad_out * L).sum(-1))
+        return go_t, gd_t, g_t0, g_t1, None, None
+
+
+def _interval_grads(
+    go: torch.Tensor, gd: torch.Tensor, d: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, gL: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the midpoint rule with respect to a ray's entry and exit distances t0, t1 (…,).
+
+    The rule is L = Δt Σ f(o + t_s d) with t_s = t0 + (s + ½)Δt, Δt = (t1 - t0)/N (N held).
+    With go = Δt Σ ∇f·g, gd = Δt Σ t_s ∇f·g (the kernel's o and d gradients, (…, 3)) and
+    gL = Σ_c g_c L_c: dL/dt1 = (gL + gd·d - t0 go·d) / (t1 - t0) and
+    dL/dt0 = (t1 go·d - gd·d - gL) / (t1 - t0); zero for rays that miss. As Δt -> 0 they
+    become the values f(exit) and -f(entry): the term a cut-off face adds to the gradient.
+    """
+    length = t1 - t0
+    hit = length > 0
+    safe = torch.where(hit, length, torch.ones_like(length))
+    god, gdd = (go * d).sum(-1), (gd * d).sum(-1)
+    zero = torch.zeros_like(length)
+    g1 = torch.where(hit, (gL + gdd - t0 * god) / safe, zero)
+    g0 = torch.where(hit, (t1 * god - gdd - gL) / safe, zero)
+    return g0, g1
 
 
 def march_numba(vol_np: np.ndarray, rays: IndexRays, step_mm: float) -> torch.Tensor:

@@ -52,7 +52,9 @@ def make_rays(
     """Cast one ray per pixel (or per ``uv`` point) for poses T (B, 4, 4) and clip to the box.
 
     ``affine`` is the volume's index->world (4, 4) map. The box is
-    [-0.5, n - 0.5] on each index axis. Differentiable in T.
+    [-0.5, n - 0.5] on each index axis. Differentiable in T, the entry and exit
+    distances too: where a CT is cut off through tissue (its cranio-caudal faces), how
+    the crossing of that face moves with the pose is part of the gradient.
     """
     dtype = T.dtype
     if uv is None:
@@ -64,6 +66,5 @@ def make_rays(
     d_idx = dirs @ M.T  # (B, R, 3): index units per mm
     o = o_idx.unsqueeze(1).expand_as(d_idx)
     n = torch.tensor(shape_ijk, dtype=dtype, device=T.device)
-    with torch.no_grad():
-        t0, t1 = ray_box_interval(o, d_idx, torch.full_like(n, -0.5), n - 0.5)
+    t0, t1 = ray_box_interval(o, d_idx, torch.full_like(n, -0.5), n - 0.5)
     return IndexRays(o, d_idx, t0, t1)
