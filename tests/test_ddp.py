@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from xctreg.train import load_checkpoint
+from xctreg.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

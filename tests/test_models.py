@@ -9,7 +9,8 @@ import torch
 
 from xctreg.errors import XctregError
 from xctreg.models import VARIANTS, ModelConfig, PoseRegressor, attention_map
-from xctreg.train import Trainer, load_checkpoint, load_model, quick_test_config
+from xctreg.models.checkpoint import load_checkpoint, load_model
+from xctreg.train import Trainer, quick_test_config
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

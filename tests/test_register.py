@@ -229,3 +229,18 @@ def test_search_depth_finds_tz_from_a_start_off_in_depth() -> None:
     assert n == 20 and len(path) == 4 and abs(p[5] - true[5]) < 0.15, (n, p[5] - true[5])
     p, _, n = search_depth(r, y, None, start, "patch-ncc", half_mm=1.0, samples=5, rounds=2, max_extend=0)
     assert n == 10 and p[5] - true[5] > 1.0  # without: stuck at the reach of the rounds
+
+
+def test_inference_imports_no_training_code() -> None:
+    """``register`` (the Python API a navigation system loads) pulls in no training,
+    augmentation, dataset or plotting code: faster cold starts, and inference stays apart."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xctreg.register, xctreg.models.checkpoint\n"
+        "bad = [m for m in ('xctreg.train', 'xctreg.data.augment', 'xctreg.data.dataset', 'matplotlib', 'xctreg.viz') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "", out.stdout

@@ -177,7 +177,7 @@ def run_demo(cfg: DemoConfig, log: Log = print, progress: Progress | None = None
         if progress is not None:
             progress("registering examples", k + 1, len(cases))
     write_summary(res_dir / "summary.csv", rows)
-    if "C" in reg.cfg.model.variant:
+    if "C" in reg.model_config.variant:
         first = cases[0]["result"]
         overlay(first.image, reg.attention(first.image), res_dir / "attention.png", title="self-attention, xray_0")
 

@@ -50,7 +50,7 @@ from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.render.drr import auto_voxel_mm
 from xctreg.similarity import get_similarity, outlier_mask
-from xctreg.train import load_model
+from xctreg.models.checkpoint import load_model
 
 
 @dataclass
@@ -344,7 +344,7 @@ class Registrar:
     def __init__(self, model_dir: str | Path, device: torch.device | str = "cpu", strict: bool = False, ct: Volume | None = None) -> None:
         self.dir = Path(model_dir)
         self.device = torch.device(device)
-        self.model, self.cfg, self.meta = load_model(self.dir, device=self.device)
+        self.model, self.model_config, self.meta = load_model(self.dir, device=self.device)
         self.camera = Camera.from_dict(self.meta["camera"])
         self.space = PoseSpace.from_dict(self.meta, name=f"{self.dir / 'config.json'}")
         self.reference = self.space.reference
@@ -467,7 +467,7 @@ class Registrar:
 
         xr = image if isinstance(image, PreparedXray) else self.prepare(image)
         out = self.model(torch.as_tensor(xr.image)[None, None].to(self.device))
-        amap = attention_map(out, self.cfg.model.input_size)
+        amap = attention_map(out, self.model_config.input_size)
         amap = F.interpolate(amap, size=(self.camera.height, self.camera.width), mode="bilinear", align_corners=False)
         return amap[0, 0].clamp(0, 1).float().cpu().numpy()
 

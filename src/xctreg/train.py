@@ -36,8 +36,7 @@ from xctreg.geometry import Camera, PoseRanges, PoseReference, PoseSpace, parse_
 from xctreg.io.volume import Volume
 from xctreg.metrics import mtre, target_points
 from xctreg.models import ModelConfig, PoseRegressor
-
-CHECKPOINT_FORMAT = "xctreg-checkpoint-1"
+from xctreg.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -136,26 +135,6 @@ def pose_loss(q_pred: torch.Tensor, p_true: torch.Tensor, space: PoseSpace, poin
     Tt = space.to_matrix(p_true.double()).float()
     l_point = mtre(Tp, Tt, points).mean() / cfg.point_scale_mm
     return cfg.w_param * l_param + cfg.w_point * l_point
-
-
-# ------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temp file + rename (never a half-written checkpoint)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; clear error if corrupt or foreign."""
-    if not path.is_file():
-        raise XctregError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise XctregError(f"checkpoint {path} is corrupt or not a torch file: {str(exc).splitlines()[0][:150]}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise XctregError(f"{path} is not an xctreg checkpoint")
-    return state
 
 
 # ------------------------------------------------------------------ training
@@ -495,29 +474,6 @@ class Trainer:
             "best": best,
             "bad_epochs": bad_epochs,
         }
-
-
-def load_model(model_dir: str | Path, which: str = "best", device: torch.device | str = "cpu") -> tuple[PoseRegressor, TrainConfig, dict[str, Any]]:
-    """Rebuild a trained model from MODEL_DIR (config.json + best.pt or last.pt)."""
-    d = Path(model_dir)
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise XctregError(f"{d} is not an xctreg model directory (no config.json)")
-    meta = read_json(cfg_path, "model config")
-    try:
-        cfg = TrainConfig.from_dict(meta["train"])
-    except (KeyError, TypeError, ValueError):
-        raise XctregError(f"{cfg_path} is not a valid xctreg model config") from None
-    path = d / f"{which}.pt"
-    if which == "best" and not path.exists():
-        path = d / "last.pt"
-    st = load_checkpoint(path)
-    model = PoseRegressor(cfg.model)
-    try:
-        model.load_state_dict(st["model"])
-    except RuntimeError as exc:
-        raise XctregError(f"checkpoint {path} does not fit the model in config.json: {str(exc).splitlines()[0][:150]}") from None
-    return model.to(device).eval(), cfg, meta
 
 
 def quick_test_config(**changes: Any) -> TrainConfig:
