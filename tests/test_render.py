@@ -168,6 +168,13 @@ def test_pose_gradient_on_a_ct_cut_off_through_tissue(backend) -> None:
         with torch.no_grad():
             fd[i] = float(loss(p0.detach() + e) - loss(p0.detach() - e)) / (2 * h[i])
     np.testing.assert_allclose(grad, fd, rtol=0.02, atol=0.01 * np.abs(fd).max())
+    # refinement's choice, face_gradient=False: the same image, the faces' term left out
+    held = Renderer(vol, r.camera, RenderConfig(mode="line", backend=backend, step_mm=0.5, face_gradient=False))
+    q = p0.detach().clone().requires_grad_(True)
+    out = held(q)
+    torch.testing.assert_close(out, r(p0.detach()))
+    (out * weights).mean().backward()
+    assert np.abs(q.grad[0].numpy() - fd).max() > 0.3 * np.abs(fd).max()
 
 
 def test_torch_backend_gradient_wrt_volume(small_phantom) -> None:

@@ -95,7 +95,12 @@ class RefineConfig:
             start pose cannot explain (``similarity.outlier_mask`` with k = this value). Off:
             on the tuning split it did not help (instrument set) or hurt (all effects), as
             it also drops the misaligned edges that show depth.
-        render: how refinement renders its DRRs.
+        render: how refinement renders its DRRs. Its pose gradient holds the rays' entry and
+            exit through the CT's faces fixed (``face_gradient=False``): with that term, the
+            tuning split (20 independent X-rays per set, 128², chest) was as accurate (clean
+            0.42 / 0.83 mm median / p95 against 0.44 / 0.76; realistic 1.99 / 4.18 against
+            2.16 / 4.14) and 0.5 s per X-ray slower (3.5 against 2.9 s clean). On a real
+            X-ray the anatomy goes on past a cut-off face anyway.
     """
 
     sizes: tuple[int, ...] = (32, 64, 128)
@@ -117,7 +122,7 @@ class RefineConfig:
     depth_half_mm: float = 1.5
     depth_samples: int = 7
     depth_rounds: int = 2
-    render: RenderConfig = field(default_factory=RenderConfig)
+    render: RenderConfig = field(default_factory=lambda: RenderConfig(face_gradient=False))
 
 
 @dataclass

@@ -53,6 +53,9 @@ class RenderConfig:
         backend: "numba" (compiled CPU kernels), "torch" (grid_sample, any device,
             also differentiable w.r.t. the volume) or "auto" (numba on CPU float32).
         chunk_rays: rays per grid_sample chunk (bounds memory of the torch backend).
+        face_gradient: the pose gradient includes how the rays' entry and exit through the
+            volume's faces move (exact where a CT is cut off through tissue); False holds
+            them fixed (refinement's choice: as accurate on independent X-rays, faster).
     """
 
     mode: Mode = "poly"
@@ -67,6 +70,7 @@ class RenderConfig:
     voxel_mm: float | Literal["auto"] | None = "auto"
     backend: Literal["auto", "numba", "torch"] = "auto"
     chunk_rays: int = 1 << 15
+    face_gradient: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("poly", "mono", "line"):
@@ -171,7 +175,7 @@ class Renderer:
     def rays(self, poses: torch.Tensor, uv: torch.Tensor | None = None) -> IndexRays:
         """Index-space rays for every pixel (or ``uv`` point) of every pose."""
         T = self.poses_to_matrix(poses).to(self.device)
-        return make_rays(T, self.camera, self.affine.to(self.device), self.shape_ijk, uv)
+        return make_rays(T, self.camera, self.affine.to(self.device), self.shape_ijk, uv, self.config.face_gradient)
 
     # ------------------------------------------------------------------ rendering
     def line_integrals(self, poses: torch.Tensor, uv: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,13 +48,15 @@ def make_rays(
     affine: torch.Tensor,
     shape_ijk: tuple[int, int, int],
     uv: torch.Tensor | None = None,
+    face_gradient: bool = True,
 ) -> IndexRays:
     """Cast one ray per pixel (or per ``uv`` point) for poses T (B, 4, 4) and clip to the box.
 
     ``affine`` is the volume's index->world (4, 4) map. The box is
     [-0.5, n - 0.5] on each index axis. Differentiable in T, the entry and exit
     distances too: where a CT is cut off through tissue (its cranio-caudal faces), how
-    the crossing of that face moves with the pose is part of the gradient.
+    the crossing of that face moves with the pose is part of the gradient (unless
+    ``face_gradient`` is False: then t0 and t1 are held fixed).
     """
     dtype = T.dtype
     if uv is None:
@@ -66,5 +68,6 @@ def make_rays(
     d_idx = dirs @ M.T  # (B, R, 3): index units per mm
     o = o_idx.unsqueeze(1).expand_as(d_idx)
     n = torch.tensor(shape_ijk, dtype=dtype, device=T.device)
-    t0, t1 = ray_box_interval(o, d_idx, torch.full_like(n, -0.5), n - 0.5)
+    with torch.set_grad_enabled(face_gradient and torch.is_grad_enabled()):
+        t0, t1 = ray_box_interval(o, d_idx, torch.full_like(n, -0.5), n - 0.5)
     return IndexRays(o, d_idx, t0, t1)
