@@ -70,7 +70,9 @@ class AugmentConfig:
     p_blur: float = 0.2
     p_sharpen: float = 0.2
     p_erase: float = 0.2
-    p_collimate: float = 0.5
+    p_collimate: float = 0.7
+    collimator_radius: tuple[float, float] = (0.30, 0.55)
+    p_circle: float = 0.6
     p_saturate: float = 0.2
 
     def scaled(self, strength: float) -> AugmentConfig:
@@ -219,14 +221,20 @@ def collimate(img: torch.Tensor, g: torch.Generator, value: float) -> torch.Tens
 
 
 def field_mask(
-    shape: tuple[int, int] | torch.Size, g: torch.Generator, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    shape: tuple[int, int] | torch.Size,
+    g: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    radius: tuple[float, float] = (0.30, 0.55),
+    p_circle: float = 0.6,
 ) -> torch.Tensor:
-    """(H, W) bool on ``device``, True inside a random collimator: a circle (radius 0.38-0.55
-    of the image, off-centre by up to 5 %) or a rectangle (each border up to 15 %)."""
+    """(H, W) bool on ``device``, True inside a random collimator: with probability ``p_circle``
+    an iris (a circle of ``radius`` x the image's shorter side, off-centre by up to 5 %), else
+    a rectangle (each border up to 15 %)."""
     H, W = shape
     v, u = torch.meshgrid(torch.arange(H, dtype=dtype, device=device), torch.arange(W, dtype=dtype, device=device), indexing="ij")
-    if _u(g) < 0.5:
-        r = _u(g, 0.38, 0.55) * min(H, W)
+    if _u(g) < p_circle:
+        r = _u(g, *radius) * min(H, W)
         cu, cv = (W - 1) / 2 + _u(g, -0.05, 0.05) * W, (H - 1) / 2 + _u(g, -0.05, 0.05) * H
         keep = (u - cu) ** 2 + (v - cv) ** 2 <= r**2
     else:
@@ -269,7 +277,7 @@ def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
             # as registration's preprocessing shows a collimated X-ray: the field stretched to
             # [0, 1], the borders black (opaque shutters) or saturated (leaky ones, brighter)
             value = 0.0 if _u(g) < 0.5 else 1.0
-            keep = field_mask(x.shape[-2:], g, x.dtype, x.device)
+            keep = field_mask(x.shape[-2:], g, x.dtype, x.device, cfg.collimator_radius, cfg.p_circle)
             inside = x[..., keep]
             lo, hi = inside.min(), inside.max()
             x = torch.where(keep, ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1), torch.full_like(x, value))
