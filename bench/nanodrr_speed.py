@@ -251,6 +251,12 @@ def time_cell(fn_fwd: Any, fn_bwd: Any, dev: torch.device, sz: Sizes, batch: int
         emit(rec)
 
 
+def fail_cells(base: dict[str, Any], batch: int, exc: BaseException) -> None:
+    """Emit the fwd and fwd+bwd cells of a variant whose set-up raised, as FAIL with the error."""
+    for pass_ in ("fwd", "fwd+bwd"):
+        emit({"kind": "cell", **base, "batch": batch, "pass": pass_, "status": "FAIL", "error": _one_line(exc)})
+
+
 def bench_xctreg(dev: torch.device, sz: Sizes, mode: str, batch: int, common: dict[str, Any]) -> None:
     from xctreg.geometry import sample_params
 
@@ -261,8 +267,7 @@ def bench_xctreg(dev: torch.device, sz: Sizes, mode: str, batch: int, common: di
         base["samples_per_ray"] = samples_per_ray(r, params)
         base["channels"] = int(r.channels.shape[0])
     except Exception as exc:  # noqa: BLE001
-        for pass_ in ("fwd", "fwd+bwd"):
-            emit({"kind": "cell", **base, "batch": batch, "pass": pass_, "status": "FAIL", "error": _one_line(exc)})
+        fail_cells(base, batch, exc)
         return
 
     def fwd() -> None:
@@ -287,8 +292,7 @@ def bench_nanodrr(dev: torch.device, sz: Sizes, backend: str, batch: int, nsamp:
         subj = nanodrr_subject(phantom(*sz.vol), dev)
         params = torch.tensor(sample_params(batch, seed=1), dtype=torch.float32, device=dev)
     except Exception as exc:  # noqa: BLE001
-        for pass_ in ("fwd", "fwd+bwd"):
-            emit({"kind": "cell", **base, "batch": batch, "pass": pass_, "status": "FAIL", "error": _one_line(exc)})
+        fail_cells(base, batch, exc)
         return
 
     def fwd() -> None:
@@ -350,10 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
 
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"kind": "env", "status": "FAIL", "error": "CUDA requested but torch.cuda.is_available() is False"}))
+    from xctreg.errors import XctregError
+    from xctreg.runtime import resolve_device
+
+    try:
+        dev = resolve_device(args.device)
+    except XctregError as exc:
+        print(json.dumps({"kind": "env", "status": "FAIL", "error": str(exc)}))
         return 1
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,17 @@ def test_low_precision_torch_backend(small_phantom) -> None:
     assert _rel_l1(half.float(), full) < 0.03
 
 
+def _central_differences(loss, p0: torch.Tensor, h: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Central differences of a scalar ``loss`` at the (1, 6) parameters ``p0``, steps ``h`` (deg, mm)."""
+    fd = np.zeros(6)
+    for i in range(6):
+        e = torch.zeros(1, 6, dtype=torch.float64)
+        e[0, i] = h[i]
+        with torch.no_grad():
+            fd[i] = float(loss(p0 + e) - loss(p0 - e)) / (2 * h[i])
+    return fd
+
+
 @pytest.mark.parametrize(("backend", "mode"), [("numba", "poly"), ("torch", "poly"), ("numba", "line")])
 def test_pose_gradient_matches_finite_differences(small_phantom, backend, mode) -> None:
     """Analytic pose gradients against central differences; the numba backward also with one
@@ -129,13 +140,7 @@ def test_pose_gradient_matches_finite_differences(small_phantom, backend, mode) 
     p0 = torch.tensor([[4.0, -1.0, 2.0, 9.0, -2.0, 20.0]], dtype=torch.float64, requires_grad=True)
     loss(p0).backward()
     grad = p0.grad[0].numpy()
-    h = np.array([0.05, 0.05, 0.05, 0.1, 0.1, 0.5])
-    fd = np.zeros(6)
-    for i in range(6):
-        e = torch.zeros(1, 6, dtype=torch.float64)
-        e[0, i] = h[i]
-        with torch.no_grad():
-            fd[i] = float(loss(p0.detach() + e) - loss(p0.detach() - e)) / (2 * h[i])
+    fd = _central_differences(loss, p0.detach(), np.array([0.05, 0.05, 0.05, 0.1, 0.1, 0.5]))
     np.testing.assert_allclose(grad, fd, rtol=0.03, atol=0.02 * np.abs(fd).max())
 
 
@@ -160,13 +165,7 @@ def test_pose_gradient_on_a_ct_cut_off_through_tissue(backend) -> None:
     p0 = torch.tensor([[3.0, -2.0, 4.0, 5.0, 6.0, 10.0]], dtype=torch.float64, requires_grad=True)
     loss(p0).backward()
     grad = p0.grad[0].numpy()
-    h = np.array([0.01, 0.01, 0.01, 0.02, 0.02, 0.05])
-    fd = np.zeros(6)
-    for i in range(6):
-        e = torch.zeros(1, 6, dtype=torch.float64)
-        e[0, i] = h[i]
-        with torch.no_grad():
-            fd[i] = float(loss(p0.detach() + e) - loss(p0.detach() - e)) / (2 * h[i])
+    fd = _central_differences(loss, p0.detach(), np.array([0.01, 0.01, 0.01, 0.02, 0.02, 0.05]))
     np.testing.assert_allclose(grad, fd, rtol=0.02, atol=0.01 * np.abs(fd).max())
     # refinement's choice, face_gradient=False: the same image, the faces' term left out
     held = Renderer(vol, r.camera, RenderConfig(mode="line", backend=backend, step_mm=0.5, face_gradient=False))

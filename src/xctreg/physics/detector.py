@@ -100,23 +100,17 @@ def _scatter(img: torch.Tensor, sigma_frac: float) -> torch.Tensor:
 def apply_detector(
     intensity: torch.Tensor, config: DetectorConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Scatter, blur and Poisson noise on I/I0, then -log; returns attenuation (B, 1, H, W)."""
-    img = intensity
-    if config.scatter_fraction > 0:
-        s = float(config.scatter_fraction)
-        img = (1.0 - s) * img + s * _scatter(img, config.scatter_sigma_frac)
-    if config.blur_px > 0:
-        img = _gaussian_blur(img, float(config.blur_px))
-    if config.photons is not None:
-        n0 = float(config.photons)
-        rate = (img * n0).clamp_min(0.0).float()
-        if generator is not None and generator.device != rate.device:  # draw where the generator lives: same noise on any device
-            counts = torch.poisson(rate.to(generator.device), generator=generator).to(rate.device)
-        else:
-            counts = torch.poisson(rate, generator=generator)
-        counts = counts.to(img.dtype)
-        img = counts.clamp_min(0.5) / n0
-    return -torch.log(img.clamp_min(1e-12))
+    """Scatter, blur and Poisson noise on I/I0, then -log; returns attenuation (B, 1, H, W).
+    The same settings for every image (``apply_detector_per_sample`` does the work)."""
+    B = intensity.shape[0]
+    return apply_detector_per_sample(
+        intensity,
+        torch.full((B,), float(config.photons) if config.photons is not None else 0.0),
+        torch.full((B,), float(config.blur_px)),
+        torch.full((B,), float(config.scatter_fraction)),
+        config.scatter_sigma_frac,
+        generator,
+    )
 
 
 def apply_detector_per_sample(
@@ -127,10 +121,11 @@ def apply_detector_per_sample(
     scatter_sigma_frac: float = 0.15,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``apply_detector`` with its own settings for each of the B images, batched: I/I0
-    (B, 1, H, W) -> attenuation (B, 1, H, W). ``photons`` (B,): counts of the open beam
-    (<= 0 or not finite: no noise); ``blur_px`` (B,) sigma in pixels; ``scatter_fraction`` (B,).
-    The Poisson draws come from ``generator`` on its own device, as in ``apply_detector``."""
+    """Scatter, blur and Poisson noise on I/I0 with settings per image, then -log: (B, 1, H, W)
+    -> attenuation (B, 1, H, W). ``photons`` (B,): counts of the open beam (<= 0 or not
+    finite: no noise); ``blur_px`` (B,) sigma in pixels; ``scatter_fraction`` (B,). The
+    Poisson draws come from ``generator`` on its own device, so a CPU generator gives the
+    same noise on any device."""
     B = intensity.shape[0]
     view = (B, 1, 1, 1)
     s = scatter_fraction.to(intensity.device, intensity.dtype).reshape(view)
