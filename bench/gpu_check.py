@@ -558,10 +558,13 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["fp32", "fp32_chunk262k", "bf16"], help="render_bench variants")
     args = ap.parse_args()
 
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        print(json.dumps({"check": "env", "status": "FAIL", "error": "CUDA requested but torch.cuda.is_available() is False"}))
+    from xctreg.errors import XctregError
+    from xctreg.runtime import resolve_device
+
+    try:
+        dev = resolve_device(args.device)
+    except XctregError as exc:
+        print(json.dumps({"check": "env", "status": "FAIL", "error": str(exc)}))
         return 1
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
