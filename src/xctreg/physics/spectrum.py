@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from xctreg._fs import atomic_path, cache_dir
 
 
 @dataclass(frozen=True)
@@ -23,15 +26,38 @@ class Spectrum:
         return float(np.sum(self.energies_kev * self.weights))
 
 
+def spectrum_cache_path(kvp: float, al_mm: float, anode_angle_deg: float) -> Path:
+    """Where spekpy's spectrum for these settings is kept in the user cache (``_fs.cache_dir``)."""
+    from importlib.metadata import version
+
+    name = f"spekpy-{version('spekpy')}-{kvp:g}kV-{al_mm:g}mmAl-{anode_angle_deg:g}deg.npz"
+    return cache_dir() / "spectra" / name
+
+
 @lru_cache(maxsize=32)
 def _spekpy(kvp: float, al_mm: float, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """spekpy's (energies keV, fluence), from the user cache when there: spekpy takes about a
+    second, which a fresh ``xctreg register`` process would otherwise pay for every renderer."""
+    path = spectrum_cache_path(kvp, al_mm, anode_angle_deg)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            k, f = np.asarray(z["k"], dtype=np.float64), np.asarray(z["f"], dtype=np.float64)
+        if k.ndim == 1 and k.shape == f.shape and k.size > 1 and np.all(np.isfinite(k)) and np.all(np.isfinite(f)):
+            return k, f
+    except Exception:  # noqa: BLE001, S110 - absent or damaged: computed again below
+        pass
     import spekpy
 
     s = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=0.5)
     if al_mm > 0:
         s.filter("Al", al_mm)
-    k, f = s.get_spectrum()
-    return np.asarray(k, dtype=np.float64), np.asarray(f, dtype=np.float64)
+    k, f = (np.asarray(a, dtype=np.float64) for a in s.get_spectrum())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, k=k, f=f)
+    except OSError:
+        pass  # a read-only cache only loses the speed-up
+    return k, f
 
 
 def tube_spectrum(kvp: float = 90.0, al_mm: float = 4.0, n_bins: int = 8, anode_angle_deg: float = 12.0) -> Spectrum:

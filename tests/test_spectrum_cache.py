@@ -1,0 +1,33 @@
+"""spekpy's spectra kept in the user cache, so that a fresh process does not recompute them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xctreg.physics import spectrum as S
+
+
+def test_spectrum_is_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XCTREG_CACHE_DIR", str(tmp_path))
+    S._spekpy.cache_clear()
+    path = S.spectrum_cache_path(70.0, 2.5, 12.0)
+    assert not path.exists()
+    k, f = S._spekpy(70.0, 2.5, 12.0)
+    assert path.is_file()
+    S._spekpy.cache_clear()
+    calls = []
+    import spekpy
+
+    monkeypatch.setattr(spekpy, "Spek", lambda *a, **kw: calls.append(1) or pytest.fail("spekpy called"))
+    k2, f2 = S._spekpy(70.0, 2.5, 12.0)  # from the file, not spekpy
+    assert np.array_equal(k, k2) and np.array_equal(f, f2) and not calls
+    monkeypatch.undo()
+    monkeypatch.setenv("XCTREG_CACHE_DIR", str(tmp_path))
+    path.write_bytes(path.read_bytes()[:50])  # damaged: computed again, and the file repaired
+    S._spekpy.cache_clear()
+    k3, f3 = S._spekpy(70.0, 2.5, 12.0)
+    assert np.allclose(k3, k) and np.allclose(f3, f)
+    with np.load(path, allow_pickle=False) as z:
+        assert np.array_equal(z["k"], k3)
+    S._spekpy.cache_clear()
