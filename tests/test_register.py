@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> Non
     p = reg.space.sample(1, seed=3)[0]
     r = Renderer(small_phantom, fine_cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
     img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
-    without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=0))
+    without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=0, model_depth_similarity=None))
     for search in ("depth", "adam"):
         with_native = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=256, native_search=search))
         assert with_native.iterations > without.iterations
@@ -194,6 +195,31 @@ def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> Non
             assert np.all(moved[:5] == 0) and moved[5] != 0
     # the native level renders the finer detector from the finest model level's volume
     assert any(c.height == fine_cam.height and cf.voxel_mm != "auto" for c, cf, _ in reg._renderers)
+
+def test_registrar_places_depth_last_on_an_xray_at_the_model_size(model_dir, small_phantom) -> None:
+    """With no finer native image, ``model_depth_similarity`` runs the depth line search on the
+    model's own detector after the restarts: only tz moves, and from a start 2 mm deep it comes back."""
+    from xctreg.register import RefineConfig, Registrar
+
+    reg = Registrar(model_dir / "m", ct=small_phantom)
+    p = reg.space.sample(1, seed=4)[0]
+    r = Renderer(small_phantom, reg.camera, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
+    img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
+    none = RefineConfig(restarts=0, model_depth_similarity=None)
+    without = reg.register(img, reg.camera, config=none)
+    with_depth = reg.register(img, reg.camera, config=replace(none, model_depth_similarity="gradncc"))
+    assert with_depth.iterations > without.iterations
+    moved = with_depth.params - without.params
+    assert np.all(moved[:5] == 0) and moved[5] != 0
+    # no refinement levels (iterations 0): the search alone, from the truth pushed 2 mm deeper
+    only = replace(none, sizes=(reg.camera.height,), iterations=(0,), model_depth_similarity="gradncc")
+    from xctreg.register import Refinement
+
+    start = Refinement(p + np.array([0, 0, 0, 0, 0, 2.0]), 0.0, 0, 0.0)
+    xr = reg.prepare(img, reg.camera)
+    out = reg._search_depth(xr.image, xr.mask, xr.camera, start, only, reg.camera.height, "gradncc", only.render)
+    assert abs(out.params[5] - p[5]) < 0.5 < abs(start.params[5] - p[5])
+
 
 
 def test_parabola_peak() -> None:

@@ -455,7 +455,19 @@ class Trainer:
             torch.distributed.barrier()
         if writer is not None:
             writer.close()
+        if main:
+            self._store_levels()
         return TrainResult(step, best, history[-1] if history else {}, time.perf_counter() - t0)
+
+    def _store_levels(self) -> None:
+        """Store the CT levels that ``register`` renders from in the model folder, so that a fresh
+        ``xctreg register`` process loads them instead of downsampling the CT (render.levels)."""
+        from xctreg.register import Registrar
+
+        if self.ct_path is None:
+            return
+        paths = Registrar(self.dir).precompute()  # read back from ct_path: the CT whose SHA-256 config.json holds
+        self.log(f"stored {len(paths)} CT levels for registration in {self.dir / 'levels'}")
 
     def _state(self, model, opt, g_data, g_aug, step, best, bad_epochs, scaler, history) -> dict[str, Any]:  # noqa: ANN001
         extra = {"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}

@@ -1,0 +1,97 @@
+"""The CT levels kept in MODEL_DIR/levels (render.levels) and how the Registrar uses them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from xctreg.io.volume import Volume
+from xctreg.render.drr import pyramid_level
+from xctreg.render.levels import level_path, load_level, save_level
+
+
+def _vol() -> Volume:
+    hu = np.random.default_rng(0).normal(0, 100, (6, 7, 8)).astype(np.float32)
+    return Volume(hu, (1.0, 1.5, 2.0), (-3.0, 4.0, 5.0), np.eye(3)[[1, 0, 2]])
+
+
+def test_level_round_trip_and_refusals(tmp_path) -> None:
+    v = _vol()
+    p = level_path(tmp_path, 2.5)
+    save_level(p, v, "abc", 2.5)
+    got = load_level(p, "abc", 2.5)
+    assert got is not None and np.array_equal(got.hu, v.hu) and np.array_equal(got.affine, v.affine)
+    assert load_level(p, "other-ct", 2.5) is None  # another CT's level
+    assert load_level(p, "abc", 3.0) is None  # another voxel size
+    assert load_level(tmp_path / "none.npz", "abc", 2.5) is None
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 3])  # truncated
+    with pytest.warns(UserWarning, match="damaged CT level"):
+        assert load_level(p, "abc", 2.5) is None
+
+
+def test_a_pickled_level_is_refused_without_running_it(tmp_path) -> None:
+    """A planted .npz whose arrays are pickled objects: refused (allow_pickle=False), nothing executed."""
+    ran = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (str(ran), "w"))
+
+    p = level_path(tmp_path, 2.5)
+    p.parent.mkdir(parents=True)
+    np.savez(p, hu=np.array([Boom()], dtype=object), spacing=np.ones(3), origin=np.zeros(3), direction=np.eye(3),
+             meta=np.frombuffer(b'{"format": 1, "ct_sha256": "abc", "voxel_mm": 2.5}', dtype=np.uint8))  # fmt: skip
+    with pytest.warns(UserWarning, match="damaged CT level"):
+        assert load_level(p, "abc", 2.5) is None
+    assert not ran.exists()
+
+
+def test_training_stores_levels_and_register_needs_no_ct_then(model_dir, tmp_path) -> None:
+    """The trained model folder holds its levels; a copy of it registers the same without the CT."""
+    from xctreg.register import RefineConfig, Registrar
+    from xctreg.render import RenderConfig, Renderer
+
+    m = model_dir / "m"
+    stored = sorted((m / "levels").glob("level_*mm.npz"))
+    reg = Registrar(m)
+    assert [level_path(m, v) for v in reg.level_voxels()] == stored and stored
+    # each stored level is what pyramid_level makes from the CT
+    for p in stored:
+        v = float(p.name[len("level_") : -len("mm.npz")])
+        want = pyramid_level(reg.ct(), v)
+        got = load_level(p, reg.meta["ct_sha256"], v)
+        assert got is not None and np.allclose(got.hu, want.hu) and np.allclose(got.affine, want.affine)
+    p = reg.space.sample(1, seed=5)[0]
+    img = Renderer(reg.ct(), reg.camera, RenderConfig(), reference=reg.reference)(torch.as_tensor(p[None], dtype=torch.float32))[0, 0].numpy()
+    cfg = RefineConfig(restarts=0, iterations=(5, 5, 5))
+    with_ct = Registrar(m).register(img, reg.camera, config=cfg)
+    copy = tmp_path / "m"
+    shutil.copytree(m, copy)
+    import json
+
+    meta = json.loads((copy / "config.json").read_text())
+    meta["ct_path"] = str(tmp_path / "moved-away.nii.gz")
+    (copy / "config.json").write_text(json.dumps(meta))
+    without_ct = Registrar(copy).register(img, reg.camera, config=cfg)
+    np.testing.assert_allclose(without_ct.params, with_ct.params, atol=1e-6)
+
+
+def test_strict_still_refuses_a_changed_ct_when_levels_spare_reading_it(model_dir, tmp_path, cli) -> None:
+    import json
+
+    from conftest import assert_one_line_error
+
+    copy = tmp_path / "m"
+    shutil.copytree(model_dir / "m", copy)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["ct_path"] = str(tmp_path / "changed.nii.gz")
+    (tmp_path / "changed.nii.gz").write_bytes(b"another file")
+    (copy / "config.json").write_text(json.dumps(meta))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    assert_one_line_error(cli("register", copy, tmp_path / "x.npy", "--strict"), "SHA-256")
+    res = cli("register", copy, tmp_path / "x.npy", "--out", tmp_path / "r.json")  # the stored levels suffice
+    assert res.code == 0, res.err
