@@ -38,7 +38,10 @@ def main() -> None:
     ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
     ap.add_argument("--ct", default=None, help="a CT instead of the chest CT")
     ap.add_argument("--reference-device", default=None, help="also refine on this device, for a time ratio")
+    ap.add_argument("--cold", type=int, default=0, help="with --model-dir: also time COLD fresh `xctreg register` processes, and Registrar.register warm")
     args = ap.parse_args()
+    if args.cold and not args.model_dir:
+        ap.error("--cold needs --model-dir")
     warnings.filterwarnings("ignore")
 
     import numpy as np
@@ -119,7 +122,45 @@ def main() -> None:
             a, b = summary["similarity"][name], summary["similarity"][f"{name}@{devices[1]}"]
             a["speedup_vs_reference"] = b["seconds_refine"] / max(a["seconds_refine"], 1e-9)
             print(f"{name}: refinement on {dev} is {a['speedup_vs_reference']:.2f}x the speed of {devices[1]}", flush=True)
+    if args.cold:
+        summary["register"] = cold_and_warm(reg, args.model_dir, imgs, cam, args.cold)
     print(json.dumps(summary))
+
+
+def cold_and_warm(reg, model_dir: str, imgs, cam, runs: int) -> dict:  # noqa: ANN001
+    """Wall seconds of ``runs`` fresh ``python -m xctreg register MODEL_DIR XRAY`` processes (process
+    start to result JSON: imports, model, CT levels, regression, refinement) on the first X-ray,
+    next to ``Registrar.register`` in this process (warm: renderers kept) on every X-ray."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from xctreg._fs import write_json
+
+    out: dict = {"levels_stored": (Path(model_dir) / "levels").is_dir(), "cold_wall_s": [], "cold_timing_s": []}
+    with tempfile.TemporaryDirectory() as d:
+        x, g = Path(d) / "xray.npy", Path(d) / "geometry.json"
+        np.save(x, imgs[0])
+        write_json(g, cam.to_dict())
+        for k in range(runs):
+            res = Path(d) / f"r{k}.json"
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "xctreg", "register", str(model_dir), str(x), "--geometry", str(g),
+                                   "--out", str(res), "--device", "cpu"], capture_output=True, text=True)  # fmt: skip
+            wall = time.perf_counter() - t
+            if done.returncode != 0:
+                raise SystemExit(f"error: xctreg register failed: {done.stderr.strip()[-300:]}")
+            out["cold_wall_s"].append(wall)
+            out["cold_timing_s"].append(json.loads(res.read_text())["timing_s"])
+            print(f"cold register {k}: {wall:.2f} s wall ({out['cold_timing_s'][-1]})", flush=True)
+    reg.register(imgs[0], cam)  # warm-up
+    warm = [reg.register(img, cam).timing_s["total"] for img in imgs]
+    out["warm_s"] = float(np.mean(warm))
+    print(f"warm register: {out['warm_s']:.2f} s per X-ray; cold {np.median(out['cold_wall_s']):.2f} s", flush=True)
+    return out
 
 
 if __name__ == "__main__":
