@@ -59,12 +59,18 @@ def test_training_stores_levels_and_register_needs_no_ct_then(model_dir, tmp_pat
     stored = sorted((m / "levels").glob("level_*mm.npz"))
     reg = Registrar(m)
     assert [level_path(m, v) for v in reg.level_voxels()] == stored and stored
-    # each stored level is what pyramid_level makes from the CT
-    for p in stored:
-        v = float(p.name[len("level_") : -len("mm.npz")])
+    # each stored level is what pyramid_level makes from the CT, at the renderer's exact voxel size
+    for v in reg.level_voxels():
         want = pyramid_level(reg.ct(), v)
-        got = load_level(p, reg.meta["ct_sha256"], v)
-        assert got is not None and np.allclose(got.hu, want.hu) and np.allclose(got.affine, want.affine)
+        got = load_level(level_path(m, v), reg.meta["ct_sha256"], v)
+        assert got is not None and np.array_equal(got.hu, want.hu) and np.array_equal(got.affine, want.affine)
+    # regression: levels made at a rounded voxel size sat on another grid, so DRRs differed
+    q = torch.as_tensor(reg.space.sample(2, seed=6), dtype=torch.float32)
+    fresh = Registrar(m)
+    from_levels = fresh.renderer()(q)
+    assert fresh._ct is None  # the CT was not read
+    from_ct = Renderer(reg.ct(), reg.camera, RenderConfig(), reference=reg.reference)(q)
+    assert torch.equal(from_levels, from_ct)
     p = reg.space.sample(1, seed=5)[0]
     img = Renderer(reg.ct(), reg.camera, RenderConfig(), reference=reg.reference)(torch.as_tensor(p[None], dtype=torch.float32))[0, 0].numpy()
     cfg = RefineConfig(restarts=0, iterations=(5, 5, 5))

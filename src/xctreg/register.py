@@ -407,20 +407,21 @@ class Registrar:
         reading and downsampling the full CT; made and stored there on first use (a model folder
         that cannot be written to only loses the speed-up). A level also works without the CT.
         """
-        key = round(float(voxel_mm), 4)
+        voxel = float(voxel_mm)  # exactly the renderer's: a rounded one would make another grid
+        key = round(voxel, 4)
         hit = self._levels.get(key)
         if hit is not None:
             return hit
-        path = level_path(self.dir, key)
+        path = level_path(self.dir, voxel)
         sha = self.meta.get("ct_sha256")
         if self.strict and self._ct is None:
             self._refuse_changed_ct()
-        vol = load_level(path, sha, key) if sha and self._ct_matches else None
+        vol = load_level(path, sha, voxel) if sha and self._ct_matches else None
         if vol is None:
-            vol = pyramid_level(self.ct(), key)
+            vol = pyramid_level(self.ct(), voxel)
             if sha and self._ct_matches:
                 try:
-                    save_level(path, vol, sha, key)
+                    save_level(path, vol, sha, voxel)
                 except OSError as exc:
                     warnings.warn(f"cannot keep the CT's level in {path.parent} ({exc.strerror}); each new process will recompute it", stacklevel=2)
         self._levels[key] = vol
@@ -430,7 +431,7 @@ class Registrar:
         """The voxel sizes (mm) of the CT levels that ``register`` with ``config`` renders from on
         the model's detector: each refinement level's, which the depth search and the final DRR share."""
         cfg = config or RefineConfig()
-        return sorted({round(auto_voxel_mm(level_camera(self.camera, s), self.reference.sid_mm), 4) for s in cfg.sizes})
+        return sorted({auto_voxel_mm(level_camera(self.camera, s), self.reference.sid_mm) for s in cfg.sizes})
 
     def precompute(self, config: RefineConfig | None = None) -> list[Path]:
         """Make and store in MODEL_DIR/levels the CT levels of ``level_voxels``; returns their paths."""
