@@ -56,9 +56,10 @@ def test_training_stores_levels_and_register_needs_no_ct_then(model_dir, tmp_pat
     from xctreg.render import RenderConfig, Renderer
 
     m = model_dir / "m"
-    stored = sorted((m / "levels").glob("level_*mm.npz"))
+    stored = set((m / "levels").glob("level_*mm.npz"))
     reg = Registrar(m)
-    assert [level_path(m, v) for v in reg.level_voxels()] == stored and stored
+    # training stored every level register renders from (later registrations on other detectors may add more)
+    assert reg.level_voxels() and {level_path(m, v) for v in reg.level_voxels()} <= stored
     # each stored level is what pyramid_level makes from the CT, at the renderer's exact voxel size
     for v in reg.level_voxels():
         want = pyramid_level(reg.ct(), v)

@@ -92,11 +92,14 @@ def test_depth_cause_bench_runs_end_to_end(model_dir) -> None:
     """bench/depth_cause.py: a row per (X-ray source, DRR, similarity), each with a finite peak for
     the full field and the disc. (On the test's 32² model depth is too coarse to check the control's
     peak; docs/register.md has the chest's table.)"""
+    import os
     import subprocess
 
     pytest.importorskip("diffdrr")
     bench = Path(__file__).parents[1] / "bench" / "depth_cause.py"
-    res = subprocess.run([sys.executable, str(bench), str(model_dir / "m"), "--n", "2"], capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # its table has ± and ²; CI's locale may be ASCII
+    res = subprocess.run([sys.executable, str(bench), str(model_dir / "m"), "--n", "2"], capture_output=True, encoding="utf-8",
+                         env=env, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 5 * 4
