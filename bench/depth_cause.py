@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realism import gaussian_blur, render_shots  # noqa: E402
 
 from xctreg.preprocess import prepare_xray  # noqa: E402
-from xctreg.register import Registrar  # noqa: E402
+from xctreg.register import Registrar, parabola_peak  # noqa: E402
 from xctreg.render import RenderConfig  # noqa: E402
 from xctreg.similarity import get_similarity  # noqa: E402
 
@@ -39,8 +39,7 @@ OFFSETS = np.linspace(-3.0, 3.0, 25)  # mm of tz around the truth
 def peak(values: np.ndarray) -> float:
     """The peak (mm) of the parabola through the samples within 1.5 mm of the best one."""
     sel = np.abs(OFFSETS - OFFSETS[int(values.argmax())]) <= 1.5
-    a, b, _ = np.polyfit(OFFSETS[sel], values[sel], 2)
-    return float(-b / (2 * a)) if a < 0 else float(OFFSETS[int(values.argmax())])
+    return parabola_peak(OFFSETS[sel], values[sel])
 
 
 def disc_mask(h: int, w: int, radius: float) -> torch.Tensor:

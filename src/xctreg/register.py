@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +49,7 @@ from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import similarity
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
-from xctreg.render.drr import auto_voxel_mm, pyramid_level
+from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, pyramid_level
 from xctreg.render.levels import level_path, load_level, save_level
 from xctreg.similarity import get_similarity, outlier_mask
 from xctreg.models.checkpoint import load_model
@@ -388,6 +388,7 @@ class Registrar:
         self._levels: dict[float, Volume] = {}
         # levels are loaded and stored only for the CT of config.json (read here, or passed in after being read from there)
         self._ct_matches = ct is None or _same_file(ct.path, self.meta.get("ct_path"))
+        self._ct_change_msg: str | None | Literal[False] = False  # False: not hashed yet
 
     def renderer(self, camera: Camera | None = None, config: RenderConfig | None = None) -> Renderer:
         """A renderer of the model's CT (default: the model's camera, default physics), built once."""
@@ -395,10 +396,8 @@ class Registrar:
 
     def volume_for(self, camera: Camera, config: RenderConfig) -> Volume:
         """The CT, or the pyramid level of it that ``config`` renders ``camera`` from (``level``)."""
-        voxel = config.voxel_mm
-        if voxel == "auto":
-            voxel = auto_voxel_mm(camera, self.reference.sid_mm)
-        return self.ct() if voxel is None else self.level(float(voxel))
+        voxel = level_voxel_mm(camera, config.voxel_mm, self.reference.sid_mm)
+        return self.ct() if voxel is None else self.level(voxel)
 
     def level(self, voxel_mm: float) -> Volume:
         """The CT resampled to no axis finer than ``voxel_mm`` (mm), as ``pyramid_level`` makes it.
@@ -408,14 +407,13 @@ class Registrar:
         that cannot be written to only loses the speed-up). A level also works without the CT.
         """
         voxel = float(voxel_mm)  # exactly the renderer's: a rounded one would make another grid
-        key = round(voxel, 4)
-        hit = self._levels.get(key)
+        hit = self._levels.get(voxel)
         if hit is not None:
             return hit
         path = level_path(self.dir, voxel)
         sha = self.meta.get("ct_sha256")
-        if self.strict and self._ct is None:
-            self._refuse_changed_ct()
+        if self.strict and self._ct is None and self._ct_change() is not None:
+            raise XctregError(self._ct_change())  # the stored levels would spare reading it: check its file anyway
         vol = load_level(path, sha, voxel) if sha and self._ct_matches else None
         if vol is None:
             vol = pyramid_level(self.ct(), voxel)
@@ -424,7 +422,7 @@ class Registrar:
                     save_level(path, vol, sha, voxel)
                 except OSError as exc:
                     warnings.warn(f"cannot keep the CT's level in {path.parent} ({exc.strerror}); each new process will recompute it", stacklevel=2)
-        self._levels[key] = vol
+        self._levels[voxel] = vol
         return vol
 
     def level_voxels(self, config: RefineConfig | None = None) -> list[float]:
@@ -440,15 +438,14 @@ class Registrar:
             self.level(v)
         return [level_path(self.dir, v) for v in voxels]
 
-    def _refuse_changed_ct(self) -> None:
-        """``strict``: an XctregError when the file at config.json's ``ct_path`` is there but is not
-        the CT trained on, even though the stored levels would spare reading it."""
-        if getattr(self, "_ct_file_ok", False):
-            return
-        path, want = self.meta.get("ct_path"), self.meta.get("ct_sha256")
-        if path and want and Path(path).exists() and sha256_file(path) != want:
-            raise XctregError(f"the CT at {path} is not the one {self.dir} was trained on (SHA-256 differs)")
-        self._ct_file_ok = True
+    def _ct_change(self) -> str | None:
+        """A one-line message when the file at config.json's ``ct_path`` is there but is not the
+        CT trained on (its SHA-256 differs; hashed once per Registrar), else None."""
+        if self._ct_change_msg is False:
+            path, want = self.meta.get("ct_path"), self.meta.get("ct_sha256")
+            differs = bool(path and want and Path(path).exists() and sha256_file(path) != want)
+            self._ct_change_msg = f"the CT at {path} is not the one {self.dir} was trained on (SHA-256 differs)" if differs else None
+        return self._ct_change_msg
 
     def ct(self) -> Volume:
         """The CT the model was trained on (read from config.json's path; SHA-256 checked)."""
@@ -456,9 +453,8 @@ class Registrar:
             path = self.meta.get("ct_path")
             if not path or not Path(path).exists():
                 raise XctregError(f"the CT of {self.dir} ({path}) is not available")
-            want = self.meta.get("ct_sha256")
-            if want and sha256_file(path) != want:
-                msg = f"the CT at {path} is not the one {self.dir} was trained on (SHA-256 differs)"
+            msg = self._ct_change()
+            if msg is not None:
                 if self.strict:
                     raise XctregError(msg)
                 warnings.warn(msg, stacklevel=2)

@@ -84,6 +84,16 @@ class RenderConfig:
 _LEVELS: dict[tuple[int, float], tuple[weakref.ref[Volume], Volume]] = {}
 
 
+def level_voxel_mm(camera: Camera, voxel_mm: float | Literal["auto"] | None, sid_mm: float) -> float | None:
+    """The pyramid level (mm) that ``RenderConfig.voxel_mm`` asks for on ``camera``: "auto" is
+    ``auto_voxel_mm``, None the full-resolution CT (None)."""
+    if voxel_mm is None:
+        return None
+    if voxel_mm == "auto":
+        return auto_voxel_mm(camera, sid_mm)
+    return float(voxel_mm)
+
+
 def pyramid_level(volume: Volume, voxel_mm: float | None) -> Volume:
     """``volume`` with no axis finer than ``voxel_mm`` (cached per volume object); None = as is."""
     if voxel_mm is None or np.all(volume.spacing >= voxel_mm * 0.999):
@@ -125,7 +135,7 @@ class Renderer:
         if volume.hu.size == 0 or min(volume.hu.shape) < 2:
             raise XctregError(f"cannot render an empty volume (shape {volume.hu.shape})")
         self.reference = reference or PoseReference(tuple(float(v) for v in volume.center), sid_mm)
-        self.voxel_mm = self._level_spacing(volume, camera, cfg.voxel_mm, self.reference.sid_mm)
+        self.voxel_mm = level_voxel_mm(camera, cfg.voxel_mm, self.reference.sid_mm)
         vol = pyramid_level(volume, self.voxel_mm)
         self.volume = vol
         self.affine = torch.as_tensor(vol.affine, dtype=torch.float64)
@@ -150,13 +160,6 @@ class Renderer:
         elif cfg.mode == "mono":
             self.spectrum = monoenergetic(cfg.mono_kev)
 
-    @staticmethod
-    def _level_spacing(volume: Volume, camera: Camera, voxel_mm: object, sid_mm: float) -> float | None:
-        if voxel_mm is None:
-            return None
-        if voxel_mm == "auto":
-            return auto_voxel_mm(camera, sid_mm)
-        return float(voxel_mm)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ geometry
     def poses_to_matrix(self, poses: torch.Tensor) -> torch.Tensor:
