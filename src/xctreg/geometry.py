@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import roma
 import torch
 
 from xctreg._fs import read_json, write_json
@@ -345,12 +344,26 @@ def euler_to_rotmat(angles_deg: torch.Tensor) -> torch.Tensor:
 
     Each is a right-handed rotation about the fixed camera axis (extrinsic xyz).
     """
-    return roma.euler_to_rotmat("xyz", angles_deg, degrees=True)
+    a = torch.deg2rad(angles_deg)
+    c, s = torch.cos(a), torch.sin(a)
+    cx, cy, cz, sx, sy, sz = c[..., 0], c[..., 1], c[..., 2], s[..., 0], s[..., 1], s[..., 2]
+    rows = (
+        (cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx),
+        (sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx),
+        (-sy, cy * sx, cy * cx),
+    )
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
 
 
 def rotmat_to_euler(R: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`euler_to_rotmat`: (…,3,3) -> (…,3) degrees (rx, ry, rz)."""
-    return roma.rotmat_to_euler("xyz", R, degrees=True)
+    r00, r10, r20, r21, r22 = R[..., 0, 0], R[..., 1, 0], R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
+    cy = torch.hypot(r00, r10)
+    ry = torch.atan2(-r20, cy)
+    lock = cy < 1e-9  # ry = ±90°: only rx ∓ rz is defined; rz = 0 by convention
+    rx = torch.where(lock, torch.atan2(-R[..., 1, 2], R[..., 1, 1]), torch.atan2(r21, r22))
+    rz = torch.where(lock, torch.zeros_like(r00), torch.atan2(r10, r00))
+    return torch.rad2deg(torch.stack([rx, ry, rz], dim=-1))
 
 
 def params_to_matrix(params: torch.Tensor, ref: PoseReference) -> torch.Tensor:

