@@ -18,6 +18,9 @@ from xctreg.errors import XctregError
 from xctreg.models.regressor import ModelConfig, PoseRegressor
 
 CHECKPOINT_FORMAT = "xctreg-checkpoint-1"
+# Keys of MONAI's EfficientNet classifier head, which checkpoints written while the backbone was
+# MONAI's still carry; the network never used them (the blocks' own ``_bn1`` live under ``backbone._blocks.``)
+LEGACY_HEAD_PREFIXES = ("backbone._conv_head.", "backbone._bn1.", "backbone._fc.")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -37,6 +40,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise XctregError(f"{path} is not an xctreg checkpoint")
     return state
+
+
+def drop_legacy_head(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model state dict without the unused MONAI head keys (``LEGACY_HEAD_PREFIXES``)."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_HEAD_PREFIXES)}
 
 
 def read_model_config(model_dir: str | Path) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def load_model(model_dir: str | Path, which: str = "best", device: torch.device 
     st = load_checkpoint(path)
     model = PoseRegressor(mcfg)
     try:
-        model.load_state_dict(st["model"])
+        model.load_state_dict(drop_legacy_head(st["model"]))
     except (RuntimeError, KeyError) as exc:
         raise XctregError(f"checkpoint {path} does not fit the model in config.json: {str(exc).splitlines()[0][:150]}") from None
     return model.to(device).eval(), mcfg, meta

@@ -5,10 +5,12 @@ the network (zero mean, unit variance), so train and eval behave alike.
 Output: the 6 pose parameters normalised to the sampling ranges by
 ``geometry.PoseSpace.normalize`` (the training range maps to [−1, 1]).
 
-* (A) MONAI ``EfficientNetBNFeatures("efficientnet-b0")`` from scratch, one
-  input channel, GroupNorm by default (identical in train and eval mode; the
-  default BatchNorm is selectable). Its stride-16 feature map (112 channels) is
-  projected to ``embed_dim`` tokens: the shared latent.
+* (A) EfficientNet-B0 features from scratch (``models.efficientnet``: MONAI's
+  ``EfficientNetBNFeatures("efficientnet-b0")`` rebuilt without importing MONAI,
+  same weights and state-dict keys), one input channel, GroupNorm by default
+  (identical in train and eval mode; the default BatchNorm is selectable). Its
+  stride-16 feature map (112 channels) is projected to ``embed_dim`` tokens: the
+  shared latent.
 * (B) A decoder reconstructs the clean DRR from the latent; the regulariser
   is an L2 penalty on the latent (a "regularised autoencoder", RAE), which
   keeps it small and smooth without the sampling noise of a VAE's KL term.
@@ -28,6 +30,7 @@ from torch import nn
 
 from xctreg.errors import XctregError
 from xctreg.geometry import PARAM_NAMES
+from xctreg.models.efficientnet import EfficientNetB0Features, NormSpec
 
 VARIANTS = ("A", "A+B", "A+C", "A+B+C")
 
@@ -58,7 +61,7 @@ class ModelConfig:
         return "C" in self.variant
 
 
-def _norm(kind: str) -> str | tuple:
+def _norm(kind: str) -> NormSpec:
     if kind == "group":
         return ("group", {"num_groups": 8})
     if kind == "batch":
@@ -117,12 +120,8 @@ class PoseRegressor(nn.Module):
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
-        from monai.networks.nets import EfficientNetBNFeatures
-
         self.config = cfg = config or ModelConfig()
-        self.backbone = EfficientNetBNFeatures(
-            "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, norm=_norm(cfg.norm)
-        )
+        self.backbone = EfficientNetB0Features(in_channels=1, norm=_norm(cfg.norm))
         g = cfg.input_size // 16
         self.proj = nn.Conv2d(112, cfg.embed_dim, 1)
         self.pool_proj = nn.Linear(320, cfg.embed_dim)
