@@ -46,3 +46,20 @@ def test_ncc_ssim_css() -> None:
     assert abs(m["ncc"]) < 0.2 and m["ssim"] < 0.3 and m["css"] < 0.3
     s2, c2 = ssim_css(a, 0.5 * a + 0.25)  # images are min-max normalised first: a linear change is no change
     assert float(s2) == pytest.approx(1.0, abs=1e-4) and float(c2) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ssim_maps_equal_monais() -> None:
+    """Own SSIM/CS maps (register must not import MONAI) against MONAI's, the reference."""
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    from xctreg.metrics import ssim_maps
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 40, 52, generator=g)
+    y = (0.6 * x + 0.4 * torch.rand(2, 1, 40, 52, generator=g)).clamp(0, 1)
+    ours = ssim_maps(x, y)
+    ref = compute_ssim_and_cs(x, y, spatial_dims=2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5), data_range=1.0)
+    for a, b in zip(ours, ref, strict=True):
+        assert a.shape == b.shape == (2, 1, 30, 42)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert 0.2 < float(ours[0].mean()) < 0.95
