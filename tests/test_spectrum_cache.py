@@ -31,3 +31,29 @@ def test_spectrum_is_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_path, 
     with np.load(path, allow_pickle=False) as z:
         assert np.array_equal(z["k"], k3)
     S._spekpy.cache_clear()
+
+
+def test_attenuation_is_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_path, monkeypatch) -> None:
+    """xraydb's import costs a fresh process about a second: its μ/ρ tables are kept too."""
+    from xctreg.physics import materials as M
+
+    monkeypatch.setenv("XCTREG_CACHE_DIR", str(tmp_path))
+    e = (30.0, 45.5, 60.0)
+    M._mass_attenuation_cached.cache_clear()
+    path = M.attenuation_cache_path("bone", e)
+    assert not path.exists()
+    mu = M.mass_attenuation("bone", np.array(e))
+    assert path.is_file() and mu.shape == (3,) and np.all(mu > 0)
+    M._mass_attenuation_cached.cache_clear()
+    import xraydb
+
+    monkeypatch.setattr(xraydb, "mu_elam", lambda *a, **kw: pytest.fail("xraydb called"))
+    assert np.array_equal(M.mass_attenuation("bone", np.array(e)), mu)  # from the file
+    monkeypatch.undo()
+    monkeypatch.setenv("XCTREG_CACHE_DIR", str(tmp_path))
+    path.write_bytes(b"PK\x03\x04 damaged")
+    M._mass_attenuation_cached.cache_clear()
+    assert np.allclose(M.mass_attenuation("bone", np.array(e)), mu)
+    assert M.attenuation_cache_path("bone", e) == path and path.stat().st_size > 100  # repaired
+    assert M.attenuation_cache_path("bone", (30.0,)) != path  # other energies, another entry
+    M._mass_attenuation_cached.cache_clear()

@@ -7,9 +7,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @contextlib.contextmanager
@@ -75,3 +78,27 @@ def cache_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_cache_path("xctreg") / "data"
+
+
+def cached_arrays(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Float64 arrays from the .npz at ``path`` (loaded with ``allow_pickle=False``) when it holds
+    the same names, all finite; else ``compute()``'s, written there atomically. A damaged file is
+    recomputed and replaced; a read-only cache only loses the speed-up. For values that are
+    slow to compute or to import the library for (spekpy's spectra, xraydb's attenuation), so
+    that a fresh process reads them instead."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            got = {k: np.asarray(z[k], dtype=np.float64) for k in z.files}
+        if got and all(np.all(np.isfinite(v)) for v in got.values()):
+            return got
+    except Exception:  # noqa: BLE001, S110 - absent or damaged: computed again below
+        pass
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in compute().items()}
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **out)
+    except OSError:
+        pass
+    return out

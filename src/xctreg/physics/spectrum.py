@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xctreg._fs import atomic_path, cache_dir
+from xctreg._fs import cache_dir, cached_arrays
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,20 @@ def spectrum_cache_path(kvp: float, al_mm: float, anode_angle_deg: float) -> Pat
 def _spekpy(kvp: float, al_mm: float, anode_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """spekpy's (energies keV, fluence), from the user cache when there: spekpy takes about a
     second, which a fresh ``xctreg register`` process would otherwise pay for every renderer."""
-    path = spectrum_cache_path(kvp, al_mm, anode_angle_deg)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            k, f = np.asarray(z["k"], dtype=np.float64), np.asarray(z["f"], dtype=np.float64)
-        if k.ndim == 1 and k.shape == f.shape and k.size > 1 and np.all(np.isfinite(k)) and np.all(np.isfinite(f)):
-            return k, f
-    except Exception:  # noqa: BLE001, S110 - absent or damaged: computed again below
-        pass
-    import spekpy
 
-    s = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=0.5)
-    if al_mm > 0:
-        s.filter("Al", al_mm)
-    k, f = (np.asarray(a, dtype=np.float64) for a in s.get_spectrum())
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, k=k, f=f)
-    except OSError:
-        pass  # a read-only cache only loses the speed-up
-    return k, f
+    def compute() -> dict[str, np.ndarray]:
+        import spekpy
+
+        s = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=0.5)
+        if al_mm > 0:
+            s.filter("Al", al_mm)
+        k, f = s.get_spectrum()
+        return {"k": np.asarray(k), "f": np.asarray(f)}
+
+    z = cached_arrays(spectrum_cache_path(kvp, al_mm, anode_angle_deg), compute)
+    if set(z) != {"k", "f"} or z["k"].ndim != 1 or z["k"].shape != z["f"].shape or z["k"].size < 2:
+        z = compute()
+    return z["k"], z["f"]
 
 
 def tube_spectrum(kvp: float = 90.0, al_mm: float = 4.0, n_bins: int = 8, anode_angle_deg: float = 12.0) -> Spectrum:
