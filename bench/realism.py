@@ -226,8 +226,8 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--size", type=int, default=None, help="Render on a SIZE² detector of the model's physical size.")
     ap.add_argument("--similarity", default=None, help="Override the refinement similarity.")
-    ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: no native level).")
-    ap.add_argument("--native-search", choices=("depth", "adam"), default=None, help="Override RefineConfig.native_search.")
+    ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: the last level on the model's detector).")
+    ap.add_argument("--native-search", choices=("depth", "adam", "adam+depth"), default=None, help="Override RefineConfig.native_search.")
     ap.add_argument("--native-similarity", default=None, help="Override RefineConfig.native_similarity.")
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
@@ -268,7 +268,7 @@ def main() -> None:
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_similarity, "outliers": cfg.native_outliers,
+                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_similarity, "depth_similarity": cfg.depth_similarity, "outliers": cfg.native_outliers,
                  "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = set_rng(args.seed, name)

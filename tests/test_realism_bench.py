@@ -79,7 +79,7 @@ def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
                           "--size", "48", "--out", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["native_search"] == "depth" and r["native_size"] == 256 and r["detector"] == [48, 48]
+    assert r["native_search"] == "adam+depth" and r["native_size"] == 256 and r["detector"] == [48, 48]
     assert set(r["sets"]) == {"clean", "collimator"}
     for s in r["sets"].values():
         assert len(s["refined"]["mtre_each"]) == 2 and np.isfinite(s["refined"]["median"])

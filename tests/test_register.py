@@ -186,33 +186,50 @@ def test_registrar_refines_last_on_a_finer_xray(model_dir, small_phantom) -> Non
     p = reg.space.sample(1, seed=3)[0]
     r = Renderer(small_phantom, fine_cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
     img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
-    without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=0, model_depth_similarity=None))
-    for search in ("depth", "adam"):
+    without = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_search="none"))
+    runs = {}
+    for search in ("depth", "adam", "adam+depth"):
         with_native = reg.register(img, fine_cam, config=RefineConfig(restarts=0, native_size=256, native_search=search))
         assert with_native.iterations > without.iterations
         moved = with_native.params - without.params
         if search == "depth":  # only tz moves
             assert np.all(moved[:5] == 0) and moved[5] != 0
+        runs[search] = with_native
+    # adam+depth: the Adam level's pose, then a line search along tz only
+    both, adam = runs["adam+depth"], runs["adam"]
+    assert both.iterations > adam.iterations
+    assert np.allclose(both.params[:5], adam.params[:5]) and both.params[5] != adam.params[5]
     # the native level renders the finer detector from the finest model level's volume
     assert any(c.height == fine_cam.height and cf.voxel_mm != "auto" for c, cf, _ in reg._renderers)
 
-def test_registrar_places_depth_last_on_an_xray_at_the_model_size(model_dir, small_phantom) -> None:
-    """With no finer native image, ``model_depth_similarity`` runs the depth line search on the
-    model's own detector after the restarts: only tz moves, and from a start 2 mm deep it comes back."""
+def test_registrar_runs_the_last_level_on_the_model_detector_for_an_xray_at_the_model_size(model_dir, small_phantom) -> None:
+    """With no finer native image the last level (Adam steps, then the depth line search) runs on
+    the model's own detector after the restarts; "depth" moves only tz, and from a start 2 mm
+    deep it comes back."""
     from xctreg.register import RefineConfig, Registrar
 
     reg = Registrar(model_dir / "m", ct=small_phantom)
     p = reg.space.sample(1, seed=4)[0]
     r = Renderer(small_phantom, reg.camera, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
     img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
-    none = RefineConfig(restarts=0, model_depth_similarity=None)
+    none = RefineConfig(restarts=0, native_search="none")
     without = reg.register(img, reg.camera, config=none)
-    with_depth = reg.register(img, reg.camera, config=replace(none, model_depth_similarity="gradncc"))
+    with_depth = reg.register(img, reg.camera, config=replace(none, native_search="depth"))
     assert with_depth.iterations > without.iterations
     moved = with_depth.params - without.params
     assert np.all(moved[:5] == 0) and moved[5] != 0
+    n_renderers = len(reg._renderers)
+    both = reg.register(img, reg.camera, config=replace(none, native_search="adam+depth"))
+    assert both.iterations > with_depth.iterations and np.any(both.params[:5] != without.params[:5])
+    assert len(reg._renderers) == n_renderers  # the model's finest level's renderer, reused
+    # --native-size 0 on a finer X-ray: the last level on the model's detector, not on the fine one
+    fine_cam = reg.camera.resized(2 * reg.camera.height, 2 * reg.camera.width)
+    fine = Renderer(small_phantom, fine_cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
+    fimg = fine(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
+    reg.register(fimg, fine_cam, config=replace(none, native_size=0, native_search="adam+depth"))
+    assert not any(c.height == fine_cam.height for c, _, _ in reg._renderers)
     # no refinement levels (iterations 0): the search alone, from the truth pushed 2 mm deeper
-    only = replace(none, sizes=(reg.camera.height,), iterations=(0,), model_depth_similarity="gradncc")
+    only = replace(none, sizes=(reg.camera.height,), iterations=(0,))
     from xctreg.register import Refinement
 
     start = Refinement(p + np.array([0, 0, 0, 0, 0, 2.0]), 0.0, 0, 0.0)
@@ -270,3 +287,29 @@ def test_inference_imports_no_training_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_last_level_on_the_model_detector_takes_the_place_of_the_finest_model_level() -> None:
+    """At the model's size the last level's Adam steps would repeat the model's 128 px level:
+    the model levels stop below it. With a finer native image, or without Adam, they stay."""
+    from xctreg.geometry import Camera
+    from xctreg.preprocess import NativeXray, PreparedXray
+    from xctreg.register import RefineConfig, Registrar
+
+    cam = Camera(1020.0, 128, 128, (3.2, 3.2))
+    img = np.zeros((128, 128), np.float32)
+    xr = PreparedXray(img, np.ones_like(img), cam, 1.0)
+    cfg = RefineConfig(sizes=(32, 64, 128), iterations=(60, 50, 40))
+    on = Registrar._on_native(xr, cfg)
+    assert not on
+    trimmed = Registrar._levels_for(xr, cfg, on)
+    assert trimmed.sizes == (32, 64) and trimmed.iterations == (60, 50)
+    assert Registrar._levels_for(xr, replace(cfg, native_search="depth"), on) == replace(cfg, native_search="depth")
+    fine = Camera(1020.0, 256, 256, (1.6, 1.6))
+    xr_fine = PreparedXray(img, np.ones_like(img), cam, 1.0, native=NativeXray(np.zeros((256, 256), np.float32), np.ones((256, 256), np.float32), fine))
+    assert Registrar._on_native(xr_fine, cfg)
+    assert Registrar._levels_for(xr_fine, cfg, True) == cfg
+    # --native-size below the finest level: never the native pixels, and the levels trimmed as above
+    small = replace(cfg, native_size=100)
+    assert not Registrar._on_native(xr_fine, small)
+    assert Registrar._levels_for(xr_fine, small, False).sizes == (32, 64)

@@ -437,7 +437,7 @@ def register_cmd(
     animate: Annotated[Path | None, typer.Option("--animate", help="GIF of the refinement trajectory (a folder for several X-rays).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
     similarity: Annotated[str, typer.Option("--similarity", help="patch-ncc (default), patch-ncc+gradncc, ncc, gradncc, ncc+gradncc or multiscale-ncc.")] = "patch-ncc",
-    native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, place depth last on its own pixels, at up to this many px (0: never).", min=0)] = 256,
+    native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, a last level on its own pixels (Adam steps, then a line search along depth), at up to this many px (0: on the model's detector).", min=0)] = 256,
     no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:

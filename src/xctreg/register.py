@@ -81,28 +81,35 @@ class RefineConfig:
         similarity: a name from ``xctreg.similarity.SIMILARITIES``.
         restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
             perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
-        native_size: when the X-ray's own detector is finer than the model's, one last level
-            on it (at most ``native_size`` px, longest side; 0 = never), once, after the
-            restarts. Depth (tz) shows only as magnification: on the chest, 1 mm moves the
-            image's edges by 0.04 model pixels, so finer pixels place it better. On X-rays at
-            the model's size it does nothing.
-        native_search: how that level moves the pose: "depth" (the default: a line search
-            along tz, ``search_depth``: ``depth_rounds`` batched sweeps of ``depth_samples``
-            poses over ±``depth_half_mm``, halved each round, forward renders only) or "adam"
-            (at most ``native_iterations`` Adam steps on all six parameters, about 4x slower).
-            The other five parameters leave the model levels within 0.07° and 0.07 mm on
-            average, so depth is what is left to place. Measured on 256² independent X-rays
-            (bench/realism.py, docs/register.md).
-        native_similarity: the similarity of that level: gradient NCC. Depth shows as where
-            edges fall; patch NCC also weighs smooth shading, whose shape depends on the X-ray's
-            physics (spectrum, bone contrast, scatter), and where the field is collimated that
-            moves its tz peak (tz sweeps through the truth, 128², a central disc: +1.5 ± 1.0 mm
-            with patch NCC, +0.3 ± 0.15 with gradient NCC). Tuning split, 256²: realistic set
-            tz bias +0.42 → +0.11 mm, p95 1.43 → 1.08 mm; clean unchanged (0.32 / 0.54 mm).
-        model_depth_similarity: on an X-ray with no finer native image (at the model's size or
-            coarser), the same depth line search on the model's detector after the restarts, with
-            this similarity (None: none). Tuning split, 128²: the realistic set from 1.53 / 2.57 mm
-            (tz bias +1.44) to 0.50 / 0.88 mm (tz +0.11); clean 0.30 / 0.63 mm (tz +0.01).
+        native_size, native_search, native_iterations: one last level, once, after the
+            restarts, from their best pose. It runs on the X-ray's own pixels when its detector is
+            finer than the model's (at most ``native_size`` px, longest side; 0 = never), else on
+            the model's detector. Depth (tz) shows only as magnification: on the chest, 1 mm
+            moves the image's edges by 0.04 model pixels, so finer pixels place it better.
+            ``native_search`` says how it moves the pose: "adam+depth" (the default: at most
+            ``native_iterations`` Adam steps on all six parameters, then the depth line search),
+            "adam" or "depth" alone, or "none". The line search (``search_depth``:
+            ``depth_rounds`` batched sweeps of ``depth_samples`` poses over ±``depth_half_mm``,
+            halved each round, forward renders only, ``depth_similarity``) places tz; the Adam
+            steps place the out-of-plane rotations, which the model levels leave at ±0.1° and
+            which weigh most in the mTRE. Tuning split (20 independent X-rays per set, chest
+            quick model), median / p95 mm and tz bias, line search alone → Adam alone →
+            adam+depth:
+              256² clean 0.32 / 0.54, −0.01 → 0.21 / 0.38, +0.02 → 0.17 / 0.33, −0.07;
+              256² realistic 0.51 / 1.19, +0.16 → 0.46 / 1.12, +0.36 → 0.34 / 0.66, −0.07;
+              256² leaky iris 0.38 / 0.87, +0.22 → 0.25 / 0.53, +0.10 → 0.22 / 0.43, +0.03;
+              128² clean 0.30 / 0.66, +0.01 → 0.20 / 0.53, −0.04 → 0.20 / 0.51, −0.08;
+              128² realistic 0.54 / 0.88, +0.12 → 0.41 / 1.28, +0.37 → 0.29 / 0.74, −0.09.
+            It costs about 1 s more per X-ray than the line search alone (128²: 2.6–3.7 s
+            against 2.8 s warm on 2 cores; 256²: about 1.5 s more).
+        native_similarity, depth_similarity: the similarities of that level's Adam steps and
+            of its line search: gradient NCC. Depth shows as where edges fall; patch NCC also
+            weighs smooth shading, whose shape depends on the X-ray's physics (spectrum, bone
+            contrast, scatter), and where the field is collimated that moves its tz peak (tz
+            sweeps through the truth, 128², a central disc: +1.5 ± 1.0 mm with patch NCC, +0.3 ±
+            0.15 with gradient NCC). Tuning split, 256², line search alone: realistic set tz
+            bias +0.42 → +0.11 mm, p95 1.43 → 1.08 mm; clean unchanged (0.32 / 0.54 mm). Adam
+            steps on patch NCC: realistic 1.07 / 2.41 mm, tz +1.03.
         native_outliers: when > 0, that level first leaves out the pixels the DRR at its
             start pose cannot explain (``similarity.outlier_mask`` with k = this value). Off:
             on the tuning split it did not help (instrument set) or hurt (all effects), as
@@ -127,11 +134,11 @@ class RefineConfig:
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
     native_size: int = 256
-    native_search: Literal["depth", "adam"] = "depth"
+    native_search: Literal["adam+depth", "adam", "depth", "none"] = "adam+depth"
     native_iterations: int = 20
     native_similarity: str = "gradncc"
+    depth_similarity: str = "gradncc"
     native_outliers: float = 0.0
-    model_depth_similarity: str | None = "gradncc"
     depth_half_mm: float = 1.5
     depth_samples: int = 7
     depth_rounds: int = 2
@@ -505,23 +512,49 @@ class Registrar:
             self.check_positioner(positioner, str(image) if isinstance(image, (str, os.PathLike)) else "X-ray")
         return prepared
 
-    def _refine_native(self, xr: PreparedXray, ref: Refinement, cfg: RefineConfig) -> Refinement:
-        """The last level on the X-ray's own, finer detector, from ``ref``'s pose: a line search
-        along depth, or Adam with the learning rates the next level would have had."""
-        assert xr.native is not None
-        n = xr.native
+    @staticmethod
+    def _on_native(xr: PreparedXray, cfg: RefineConfig) -> bool:
+        """Whether the last level runs on the X-ray's own, finer pixels (else on the model's detector)."""
+        return xr.native is not None and cfg.native_size > max(cfg.sizes)
+
+    @staticmethod
+    def _levels_for(xr: PreparedXray, cfg: RefineConfig, on_native: bool) -> RefineConfig:
+        """``cfg`` for this X-ray: when the last level's Adam steps will run on the model's own
+        detector (no finer native image), they take the place of the model levels at that size
+        (the same pixels twice). Tuning split, 128²: clean 0.20 → 0.23 mm median, realistic
+        0.29 → 0.36 mm, and 3.7 → 2.3 s, 5.0 → 3.3 s per X-ray."""
+        if on_native or "adam" not in cfg.native_search:
+            return cfg
+        px = max(xr.camera.height, xr.camera.width)
+        keep = [(s, i) for s, i in zip(cfg.sizes, cfg.iterations, strict=True) if s < px]
+        if not keep:
+            return cfg
+        return replace(cfg, sizes=tuple(s for s, _ in keep), iterations=tuple(i for _, i in keep))
+
+    def _last_level(self, xr: PreparedXray, ref: Refinement, cfg: RefineConfig, on_native: bool) -> Refinement:
+        """The last level, from ``ref``'s pose (the best of the restarts), as ``native_search``
+        says: Adam steps on all six parameters with the learning rates the next model level would
+        have had, then a line search along depth. It runs on the X-ray's own pixels when they are
+        finer than the model's (up to ``native_size`` px), else on the model's detector."""
         render = cfg.render
-        if render.voxel_mm == "auto":  # the finest model level's volume: finer pixels, not a finer CT (3x faster, as accurate)
-            render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
-        if cfg.native_search == "depth":
-            return self._search_depth(n.image, n.mask, n.camera, ref, cfg, cfg.native_size, cfg.native_similarity, render)
-        t0 = time.perf_counter()
-        f = cfg.lr_decay ** len(cfg.sizes)
-        level = replace(cfg, sizes=(cfg.native_size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
-                        lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
-        fine = refine(self.volume_for, n.image, n.camera, self.reference, ref.params, level, n.mask, self._renderers, self.device)
-        return Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + time.perf_counter() - t0,
-                          np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
+        if on_native:
+            assert xr.native is not None
+            image, mask, camera, size = xr.native.image, xr.native.mask, xr.native.camera, cfg.native_size
+            if render.voxel_mm == "auto":  # the finest model level's volume: finer pixels, not a finer CT (3x faster, as accurate)
+                render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
+        else:
+            image, mask, camera, size = xr.image, xr.mask, xr.camera, max(xr.camera.height, xr.camera.width)
+        if "adam" in cfg.native_search:
+            t0 = time.perf_counter()
+            f = cfg.lr_decay ** len(cfg.sizes)
+            level = replace(cfg, sizes=(size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
+                            lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
+            fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
+            ref = Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + time.perf_counter() - t0,
+                             np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
+        if "depth" in cfg.native_search:
+            ref = self._search_depth(image, mask, camera, ref, cfg, size, cfg.depth_similarity, render)
+        return ref
 
     def _search_depth(self, image: np.ndarray, mask: np.ndarray, camera: Camera, ref: Refinement, cfg: RefineConfig,
                       size: int, similarity_name: str, render: RenderConfig) -> Refinement:  # fmt: skip
@@ -601,6 +634,8 @@ class Registrar:
         cam = xr.camera
         if refine_pose:
             cfg = config or RefineConfig()
+            on_native = self._on_native(xr, cfg)
+            cfg = self._levels_for(xr, cfg, on_native)
             ref = refine(self.volume_for, xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers, self.device)
             rng = np.random.default_rng(0)
             k = 0
@@ -611,10 +646,8 @@ class Registrar:
                 best = alt if alt.similarity > ref.similarity else ref
                 ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
-            if xr.native is not None and cfg.native_size > max(cfg.sizes):
-                ref = self._refine_native(xr, ref, cfg)  # once, from the best of the restarts
-            elif cfg.model_depth_similarity:
-                ref = self._search_depth(xr.image, xr.mask, cam, ref, cfg, max(cfg.sizes), cfg.model_depth_similarity, cfg.render)
+            if cfg.native_search != "none":
+                ref = self._last_level(xr, ref, cfg, on_native)  # once, from the best of the restarts
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
         pose = self.space.pose(params)
         with torch.no_grad():
