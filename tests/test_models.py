@@ -105,6 +105,21 @@ def test_refuses_to_clobber_or_resume_wrongly(tmp_path, small_phantom) -> None:
         Trainer(small_phantom, tmp_path / "new", cfg, log=lambda s: None).fit(resume=True)
 
 
+def test_resume_refuses_a_run_from_another_version_clearly(tmp_path, small_phantom) -> None:
+    """A last.pt whose model no longer fits (here: the MONAI head keys of runs begun before the
+    backbone became xctreg's own) is refused with one line, not a traceback."""
+    from xctreg.models.checkpoint import save_checkpoint
+
+    cfg = quick_test_config(steps=4)
+    Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None).fit(max_steps=3)
+    st = load_checkpoint(tmp_path / "m" / "last.pt")
+    st["model"]["backbone._fc.weight"] = torch.zeros(1000, 1280)
+    save_checkpoint(tmp_path / "m" / "last.pt", st)
+    with pytest.raises(XctregError, match="another xctreg version") as e:
+        Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None).fit(resume=True)
+    assert "\n" not in str(e.value)
+
+
 def test_corrupt_and_foreign_checkpoints(tmp_path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
     with pytest.raises(XctregError, match="corrupt"):

@@ -362,8 +362,13 @@ class Trainer:
         step, best, bad_epochs, history = 0, float("inf"), 0, []
         if resume:
             st = load_checkpoint(last)
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
+            try:
+                model.load_state_dict(st["model"])
+                opt.load_state_dict(st["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a run begun while the backbone was MONAI's
+                reason = str(exc).splitlines()[0][:120]
+                raise XctregError(f"cannot resume {last}: it was written by another xctreg version or model ({reason}); "
+                                  "start the run again in a new folder") from None  # fmt: skip
             step, best, bad_epochs = int(st["step"]), float(st["best"]), int(st["bad_epochs"])
             history = json.loads(st.get("history", "[]"))
             if "scaler" in st and use_amp:
