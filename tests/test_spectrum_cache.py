@@ -57,3 +57,30 @@ def test_attenuation_is_cached_on_disk_and_a_damaged_entry_is_recomputed(tmp_pat
     assert M.attenuation_cache_path("bone", e) == path and path.stat().st_size > 100  # repaired
     assert M.attenuation_cache_path("bone", (30.0,)) != path  # other energies, another entry
     M._mass_attenuation_cached.cache_clear()
+
+
+def test_a_readable_cache_entry_of_the_wrong_shape_is_replaced(tmp_path, monkeypatch) -> None:
+    """A well-formed npz that does not hold what the caller needs is recomputed and rewritten,
+    not recomputed again in every process."""
+    from xctreg.physics import materials as M
+
+    monkeypatch.setenv("XCTREG_CACHE_DIR", str(tmp_path))
+    e = (40.0, 50.0)
+    M._mass_attenuation_cached.cache_clear()
+    path = M.attenuation_cache_path("soft_tissue", e)
+    path.parent.mkdir(parents=True)
+    np.savez(path, mu=np.array([1.0, 2.0, 3.0]))  # three values for two energies
+    mu = M.mass_attenuation("soft_tissue", np.array(e))
+    assert mu.shape == (2,) and np.all(mu > 0)
+    with np.load(path, allow_pickle=False) as z:
+        assert np.allclose(z["mu"], mu)
+    M._mass_attenuation_cached.cache_clear()
+    S._spekpy.cache_clear()
+    sp = S.spectrum_cache_path(80.0, 3.0, 12.0)
+    sp.parent.mkdir(parents=True)
+    np.savez(sp, k=np.arange(5.0), f=np.arange(4.0))  # mismatched lengths
+    k, f = S._spekpy(80.0, 3.0, 12.0)
+    assert k.shape == f.shape and k.size > 5
+    with np.load(sp, allow_pickle=False) as z:
+        assert np.array_equal(z["k"], k)
+    S._spekpy.cache_clear()

@@ -80,18 +80,22 @@ def cache_dir() -> Path:
     return platformdirs.user_cache_path("xctreg") / "data"
 
 
-def cached_arrays(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Float64 arrays from the .npz at ``path`` (loaded with ``allow_pickle=False``) when it holds
-    the same names, all finite; else ``compute()``'s, written there atomically. A damaged file is
-    recomputed and replaced; a read-only cache only loses the speed-up. For values that are
-    slow to compute or to import the library for (spekpy's spectra, xraydb's attenuation), so
-    that a fresh process reads them instead."""
+def cached_arrays(
+    path: Path,
+    compute: Callable[[], dict[str, np.ndarray]],
+    valid: Callable[[dict[str, np.ndarray]], bool] = lambda arrays: True,
+) -> dict[str, np.ndarray]:
+    """Float64 arrays from the .npz at ``path`` (loaded with ``allow_pickle=False``) when they
+    are all finite and ``valid``; else ``compute()``'s, written there atomically. A damaged or
+    invalid file is recomputed and replaced; a read-only cache only loses the speed-up. For
+    values that are slow to compute or to import the library for (spekpy's spectra, xraydb's
+    attenuation), so that a fresh process reads them instead."""
     import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as z:
             got = {k: np.asarray(z[k], dtype=np.float64) for k in z.files}
-        if got and all(np.all(np.isfinite(v)) for v in got.values()):
+        if got and all(np.all(np.isfinite(v)) for v in got.values()) and valid(got):
             return got
     except Exception:  # noqa: BLE001, S110 - absent or damaged: computed again below
         pass

@@ -83,9 +83,10 @@ def _mass_attenuation_cached(material: str, energies_kev: tuple[float, ...]) -> 
         e_ev = np.asarray(energies_kev, dtype=np.float64) * 1e3
         return {"mu": sum(w * np.asarray(xraydb.mu_elam(el, e_ev, kind="total"), dtype=np.float64) for el, w in comp.items())}
 
-    mu = cached_arrays(attenuation_cache_path(material, energies_kev), compute).get("mu")
-    if mu is None or np.atleast_1d(mu).shape != (len(energies_kev),):
-        mu = compute()["mu"]
+    def valid(z: dict[str, np.ndarray]) -> bool:
+        return set(z) == {"mu"} and np.atleast_1d(z["mu"]).shape == (len(energies_kev),)
+
+    mu = cached_arrays(attenuation_cache_path(material, energies_kev), compute, valid)["mu"]
     return tuple(float(v) for v in np.atleast_1d(mu))
 
 

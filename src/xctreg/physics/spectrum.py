@@ -48,9 +48,10 @@ def _spekpy(kvp: float, al_mm: float, anode_angle_deg: float) -> tuple[np.ndarra
         k, f = s.get_spectrum()
         return {"k": np.asarray(k), "f": np.asarray(f)}
 
-    z = cached_arrays(spectrum_cache_path(kvp, al_mm, anode_angle_deg), compute)
-    if set(z) != {"k", "f"} or z["k"].ndim != 1 or z["k"].shape != z["f"].shape or z["k"].size < 2:
-        z = compute()
+    def valid(z: dict[str, np.ndarray]) -> bool:
+        return set(z) == {"k", "f"} and z["k"].ndim == 1 and z["k"].shape == z["f"].shape and z["k"].size > 1
+
+    z = cached_arrays(spectrum_cache_path(kvp, al_mm, anode_angle_deg), compute, valid)
     return z["k"], z["f"]
 
 

@@ -160,7 +160,6 @@ class Renderer:
         elif cfg.mode == "mono":
             self.spectrum = monoenergetic(cfg.mono_kev)
 
-
     # ------------------------------------------------------------------ geometry
     def poses_to_matrix(self, poses: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) matrices or (B, 6) parameters -> (B, 4, 4) ``T_cam_from_world``."""
