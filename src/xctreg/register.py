@@ -156,6 +156,12 @@ class Refinement:
     seconds: float
     trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
 
+    def then(self, params: np.ndarray, iterations: int, seconds: float, trajectory: np.ndarray) -> Refinement:
+        """This refinement continued by a later step that moved the pose to ``params``: its
+        iterations, seconds and trajectory rows added; the similarity stays this one's."""
+        return Refinement(params, self.similarity, self.iterations + iterations, self.seconds + seconds,
+                          np.concatenate([self.trajectory, trajectory]))  # fmt: skip
+
 
 VolumeSource = Volume | Callable[[Camera, RenderConfig], Volume]
 """A CT, or a function giving the CT (or its pyramid level) a (camera, render config) needs."""
@@ -550,8 +556,7 @@ class Registrar:
             level = replace(cfg, sizes=(size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
             fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
-            ref = Refinement(fine.params, ref.similarity, ref.iterations + fine.iterations, ref.seconds + time.perf_counter() - t0,
-                             np.concatenate([ref.trajectory, fine.trajectory]))  # fmt: skip
+            ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
         if "depth" in cfg.native_search:
             ref = self._search_depth(image, mask, camera, ref, cfg, size, cfg.depth_similarity, render)
         return ref
@@ -568,8 +573,7 @@ class Registrar:
                 drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0].cpu()
             mk = outlier_mask(drr, y, mk, cfg.native_outliers)
         params, path, _ = search_depth(r, y, mk, ref.params, similarity_name, cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds)
-        return Refinement(params, ref.similarity, ref.iterations + len(path), ref.seconds + time.perf_counter() - t0,
-                          np.concatenate([ref.trajectory, path]))  # a round is a step  # fmt: skip
+        return ref.then(params, len(path), time.perf_counter() - t0, path)  # a round is a step
 
     def check_positioner(self, positioner_deg: tuple[float, float], name: str = "X-ray") -> bool:
         """Warn (one line) when DICOM C-arm angles lie outside the model's view ± its rotation
