@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +70,24 @@ def test_outlier_mask_leaves_out_what_the_ct_lacks() -> None:
     user = torch.ones(96, 96)
     user[:, :10] = 0
     assert outlier_mask(drr, with_rod, user)[:, :10].sum() == 0  # within the given mask
+
+
+def test_blur_and_with_blur() -> None:
+    """``blur``: σ 0 leaves an image as it is, a constant stays constant, the sum is kept away
+    from the borders, and a batch takes one σ per image. ``with_blur`` blurs only the moving
+    image: an X-ray blurred by σ matches its sharp DRR best at σ."""
+    from xctreg.similarity import blur, gradncc, with_blur
+
+    x = _image()
+    assert torch.equal(blur(x, 0.0), x)
+    assert torch.allclose(blur(torch.full((20, 30), 2.0), 1.3), torch.full((20, 30), 2.0))
+    spot = torch.zeros(41, 41)
+    spot[20, 20] = 1.0
+    b = blur(spot, 2.0)
+    assert float(b.sum()) == pytest.approx(1.0, abs=1e-5) and float(b[20, 20]) < 0.1
+    both = blur(torch.stack([x, x]), torch.tensor([0.0, 1.5]))
+    assert torch.equal(both[0], x) and torch.allclose(both[1], blur(x, 1.5))
+    assert with_blur(gradncc, 0.0) is gradncc
+    y = blur(x, 1.0)
+    scores = [float(with_blur(gradncc, s)(x, y)) for s in (0.0, 0.5, 1.0, 1.5, 2.0)]
+    assert int(np.argmax(scores)) == 2 and scores[2] == pytest.approx(1.0, abs=1e-4)

@@ -438,6 +438,7 @@ def register_cmd(
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
     similarity: Annotated[str, typer.Option("--similarity", help="patch-ncc (default), patch-ncc+gradncc, ncc, gradncc, ncc+gradncc or multiscale-ncc.")] = "patch-ncc",
     native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, a last level on its own pixels (Adam steps, then a line search along depth), at up to this many px (0: on the model's detector).", min=0)] = 256,
+    match_blur: Annotated[bool, typer.Option("--match-blur", help="Fit the X-ray's detector blur in the last level and blur the DRRs by it (reported as blur_px): better on strongly blurred X-rays, depth biased short on sharp ones (docs/register.md).")] = False,
     no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -462,7 +463,7 @@ def register_cmd(
     kwargs = dict(
         geometry=read_camera(geometry) if geometry is not None else None,
         refine_pose=not no_refine,
-        config=RefineConfig(similarity=similarity, native_size=native_size),
+        config=RefineConfig(similarity=similarity, native_size=native_size, match_blur=match_blur),
         mask=keep,
         preprocess=PreprocessConfig(collimator=not no_collimator),
         transmission=transmission,

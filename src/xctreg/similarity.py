@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from xctreg.errors import XctregError
 from xctreg.metrics import ncc
+from xctreg.physics.detector import gaussian_blur_per_sample
 
 Similarity = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -126,6 +127,26 @@ def outlier_mask(drr: torch.Tensor, xray: torch.Tensor, mask: torch.Tensor | Non
     thr = max(k * sigma, float(torch.quantile(inside, 1.0 - max_share)))
     out = F.max_pool2d(((r > thr) & (m > 0)).to(xray)[None, None], 3, 1, 1)[0, 0]
     return m * (1.0 - out)
+
+
+def blur(x: torch.Tensor, sigma_px: float | torch.Tensor) -> torch.Tensor:
+    """(..., H, W) images blurred by a Gaussian of ``sigma_px`` pixels (one value, or one per
+    image of the leading shape; <= 0 leaves an image unchanged), replicate borders."""
+    x4 = x.reshape(-1, 1, *x.shape[-2:])
+    s = torch.as_tensor(sigma_px, dtype=torch.float64).flatten().expand(x4.shape[0])
+    return gaussian_blur_per_sample(x4, s).reshape(x.shape)
+
+
+def with_blur(sim: Similarity, sigma_px: float) -> Similarity:
+    """``sim`` with the moving image (the DRR) first blurred by ``sigma_px`` pixels: the
+    X-ray's detector blur, which the DRR lacks (0: ``sim`` itself)."""
+    if sigma_px <= 0:
+        return sim
+
+    def blurred(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return sim(blur(a, sigma_px), b, mask)
+
+    return blurred
 
 
 SIMILARITIES: dict[str, Similarity] = {
