@@ -337,7 +337,8 @@ def bench_cell(dev: torch.device, sz: Sizes, batch: int, variant: str) -> dict[s
     dtype = torch.bfloat16 if variant == "bf16" else torch.float32
     chunk = 1 << 18 if variant == "fp32_chunk262k" else RenderConfig().chunk_rays
     t = time.perf_counter()
-    r = Renderer(vol, cam, RenderConfig(backend="torch", chunk_rays=chunk), device=dev, dtype=dtype)
+    backend = "warp" if variant == "warp" else "torch"  # warp: the fused Warp kernels (render/warp_march.py)
+    r = Renderer(vol, cam, RenderConfig(backend=backend, chunk_rays=chunk), device=dev, dtype=dtype)
     setup_s = time.perf_counter() - t
     params = torch.tensor(sample_params(batch, seed=1), dtype=torch.float32, device=dev)
     with torch.no_grad():
@@ -555,7 +556,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
     ap.add_argument("--out", type=Path, help="also write the JSON lines to this file")
     ap.add_argument("--only", nargs="+", choices=CHECKS, help="run only these checks")
-    ap.add_argument("--variants", nargs="+", default=["fp32", "fp32_chunk262k", "bf16"], help="render_bench variants")
+    ap.add_argument("--variants", nargs="+", default=["fp32", "fp32_chunk262k", "bf16", "warp"], help="render_bench variants (warp: the fused Warp kernels, when warp-lang is installed)")
     args = ap.parse_args()
 
     from xctreg.errors import XctregError

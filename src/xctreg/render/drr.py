@@ -51,7 +51,8 @@ class RenderConfig:
             "auto" = the detector pixel size projected to the isocenter
             (dx·sid/sdd), the resolution the image can show; None = full resolution.
         backend: "numba" (compiled CPU kernels), "torch" (grid_sample, any device,
-            also differentiable w.r.t. the volume) or "auto" (numba on CPU float32).
+            also differentiable w.r.t. the volume), "warp" (fused NVIDIA Warp kernels on
+            CUDA or the CPU; needs ``pip install warp-lang``) or "auto" (numba on CPU float32).
         chunk_rays: rays per grid_sample chunk (bounds memory of the torch backend).
         face_gradient: the pose gradient includes how the rays' entry and exit through the
             volume's faces move (exact where a CT is cut off through tissue); False holds
@@ -68,7 +69,7 @@ class RenderConfig:
     step_mm: float | None = None
     step_factor: float = 1.0
     voxel_mm: float | Literal["auto"] | None = "auto"
-    backend: Literal["auto", "numba", "torch"] = "auto"
+    backend: Literal["auto", "numba", "torch", "warp"] = "auto"
     chunk_rays: int = 1 << 15
     face_gradient: bool = True
 
@@ -153,6 +154,15 @@ class Renderer:
             backend = "numba" if self.device.type == "cpu" and dtype == torch.float32 else "torch"
         if backend == "numba" and self.device.type != "cpu":
             raise XctregError("the numba backend runs on the CPU only; use backend='torch' on CUDA")
+        if backend not in ("numba", "torch", "warp"):
+            raise XctregError(f"render backend must be auto, numba, torch or warp, got {backend!r}")
+        self._chan_warp: torch.Tensor | None = None
+        if backend == "warp":
+            try:
+                from xctreg.render.warp_march import as_warp_volume
+            except ImportError:
+                raise XctregError("the warp backend needs NVIDIA Warp: pip install warp-lang") from None
+            self._chan_warp = as_warp_volume(self._chan_np, self.device)
         self.backend = backend
         self.spectrum: Spectrum | None = None
         if cfg.mode == "poly":
@@ -188,6 +198,10 @@ class Renderer:
         rays = self.rays(poses, uv)
         if self.backend == "numba":
             L = march_numba(self._chan_np, rays, self.step_mm)
+        elif self._chan_warp is not None:
+            from xctreg.render.warp_march import march_warp
+
+            L = march_warp(self._chan_warp, rays, self.step_mm)
         else:
             L = march_torch(self.channels, rays, self.step_mm, self.config.chunk_rays)
         L = (L * 0.1).transpose(1, 2)  # mm -> cm, (B, C, R)
