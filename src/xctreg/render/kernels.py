@@ -96,6 +96,112 @@ def march_forward(
             out[r, 2] = acc2 * dt
 
 
+@njit(cache=True, inline="always")
+def _sample_and_grad(
+    vol: np.ndarray, k0: int, j0: int, i0: int, c: int, fx: float, fy: float, fz: float, gx: float, gy: float, gz: float
+) -> tuple[float, float, float, float]:
+    """Channel ``c`` of the trilinear interpolant at offset (fx, fy, fz) from corner (k0, j0, i0),
+    and its partial derivatives along x, y, z (times d(offset)/dx: gx, gy, gz)."""
+    v000 = vol[k0, j0, i0, c]
+    v100 = vol[k0, j0, i0 + 1, c]
+    v010 = vol[k0, j0 + 1, i0, c]
+    v110 = vol[k0, j0 + 1, i0 + 1, c]
+    v001 = vol[k0 + 1, j0, i0, c]
+    v101 = vol[k0 + 1, j0, i0 + 1, c]
+    v011 = vol[k0 + 1, j0 + 1, i0, c]
+    v111 = vol[k0 + 1, j0 + 1, i0 + 1, c]
+    hx, hy, hz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    a00 = hx * v000 + fx * v100  # along x first, then y, then z
+    a10 = hx * v010 + fx * v110
+    a01 = hx * v001 + fx * v101
+    a11 = hx * v011 + fx * v111
+    b0 = hy * a00 + fy * a10
+    b1 = hy * a01 + fy * a11
+    value = hz * b0 + fz * b1
+    sx = gx * ((v100 - v000) * hy * hz + (v110 - v010) * fy * hz + (v101 - v001) * hy * fz + (v111 - v011) * fy * fz)
+    sy = gy * (hz * (a10 - a00) + fz * (a11 - a01))
+    sz = gz * (b1 - b0)
+    return value, sx, sy, sz
+
+
+@njit(cache=True, inline="always")
+def _store(out: np.ndarray, jac: np.ndarray, r: int, c: int, dt: float, a: float,
+           x: float, y: float, z: float, u: float, v: float, w: float) -> None:  # fmt: skip
+    """One ray's channel ``c``: its integral and its six derivatives, times the step."""
+    out[r, c] = a * dt
+    jac[r, c, 0] = x * dt
+    jac[r, c, 1] = y * dt
+    jac[r, c, 2] = z * dt
+    jac[r, c, 3] = u * dt
+    jac[r, c, 4] = v * dt
+    jac[r, c, 5] = w * dt
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def march_forward_jacobian(
+    vol: np.ndarray, o: np.ndarray, d: np.ndarray, t0: np.ndarray, t1: np.ndarray, step: float, out: np.ndarray, jac: np.ndarray
+) -> None:
+    """:func:`march_forward` and, in the same pass, each output's derivatives with respect to the
+    ray: jac (R, C, 6) receives (dL_c/do, dL_c/dd) = (Σ_s ∇f_c Δt, Σ_s t_s ∇f_c Δt), t0, t1 and
+    Δt held (as :func:`march_backward`). A step that needs the pose gradient then marches once:
+    the backward pass is ``grad_out`` contracted with ``jac`` (``march._NumbaMarch``)."""
+    nk, nj, ni, C = vol.shape
+    R = o.shape[0]
+    for r in prange(R):
+        for c in range(C):
+            out[r, c] = 0.0
+            for q in range(6):
+                jac[r, c, q] = 0.0
+        length = t1[r] - t0[r]
+        if length <= 0.0:
+            continue
+        n = int(math.ceil(length / step))
+        dt = length / n
+        ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
+        dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
+        # all channels in one pass over the samples (each corner's channels share a cache line);
+        # the sums are scalars so that they stay in registers
+        a0 = x0 = y0 = z0 = u0 = v0 = w0 = 0.0
+        a1 = x1 = y1 = z1 = u1 = v1 = w1 = 0.0
+        a2 = x2 = y2 = z2 = u2 = v2 = w2 = 0.0
+        for s in range(n):
+            t = t0[r] + (s + 0.5) * dt
+            i0, fx, gx = _corner(ox + t * dx, ni)
+            j0, fy, gy = _corner(oy + t * dy, nj)
+            k0, fz, gz = _corner(oz + t * dz, nk)
+            f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 0, fx, fy, fz, gx, gy, gz)
+            a0 += f
+            x0 += sx
+            y0 += sy
+            z0 += sz
+            u0 += sx * t
+            v0 += sy * t
+            w0 += sz * t
+            if C > 1:
+                f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 1, fx, fy, fz, gx, gy, gz)
+                a1 += f
+                x1 += sx
+                y1 += sy
+                z1 += sz
+                u1 += sx * t
+                v1 += sy * t
+                w1 += sz * t
+            if C > 2:
+                f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 2, fx, fy, fz, gx, gy, gz)
+                a2 += f
+                x2 += sx
+                y2 += sy
+                z2 += sz
+                u2 += sx * t
+                v2 += sy * t
+                w2 += sz * t
+        _store(out, jac, r, 0, dt, a0, x0, y0, z0, u0, v0, w0)
+        if C > 1:
+            _store(out, jac, r, 1, dt, a1, x1, y1, z1, u1, v1, w1)
+        if C > 2:
+            _store(out, jac, r, 2, dt, a2, x2, y2, z2, u2, v2, w2)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def march_backward(
     vol: np.ndarray,
