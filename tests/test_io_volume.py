@@ -125,3 +125,22 @@ def test_resample_keeps_box_and_values(small_phantom) -> None:
     assert [lv.shape_ijk[0] for lv in levels] == [64, 32, 16]
     with pytest.raises(XctregError):
         resample(small_phantom, -1.0)
+
+
+@pytest.mark.parametrize(("suffix", "compress"), [(".nii.gz", True), (".nii", False), (".nrrd", True), (".nrrd", False), (".mha", True), (".mha", False)])
+def test_truncated_ct_is_refused(cli, tmp_path, small_phantom, suffix: str, compress: bool) -> None:
+    """A CT whose download was cut off (here at a third, and a few bytes short) is refused with
+    one line naming the file. ITK itself reads a truncated NIfTI without complaint (the missing
+    slices come back as zeros), so xctreg checks the gzip stream and the header's voxel count."""
+    full = tmp_path / f"full{suffix}"
+    sitk.WriteImage(small_phantom.to_sitk(), str(full), useCompression=compress)
+    data = full.read_bytes()
+    assert read_volume(full).hu.shape == small_phantom.hu.shape
+    for keep in (len(data) // 3, len(data) - 7):
+        cut = tmp_path / f"cut{keep}{suffix}"
+        cut.write_bytes(data[:keep])
+        with pytest.raises(XctregError, match="truncated"):
+            read_volume(cut)
+    res = cli("check", cut)
+    assert_one_line_error(res, "truncated")
+    assert str(cut) in res.err

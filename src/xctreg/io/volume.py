@@ -113,6 +113,22 @@ class Volume:
         )
 
 
+_TRUNCATED_HINTS = ("not read completely", "but received", "fread got only", "unexpected end", "premature", "truncat")
+
+
+def _read_error(path: Path, message: str) -> str:
+    """One line for an ITK read error: "truncated or corrupt" when ITK says data were missing
+    (NRRD, MetaImage), else its first line."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    hint = next((ln for ln in lines if any(h in ln.lower() for h in _TRUNCATED_HINTS)), None)
+    if hint is None and path.is_file() and any("MetaImageIO" in ln and "cannot be read" in ln for ln in lines):
+        hint = "MetaImage could not read its voxels"  # MetaIO says why on stderr only
+    if hint is not None:
+        return f"CT {path} is truncated or corrupt ({hint[:160]}); download or export it again"
+    itk = next((ln.split(": ", 1)[-1].split("): ", 1)[-1] for ln in lines if ln.startswith(("ITK ERROR", "sitk::ERROR"))), None)
+    return f"cannot read CT {path}: {(itk or (lines[0] if lines else 'unknown reason'))[:200]}"
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
@@ -132,37 +148,62 @@ def _read_sitk(path: Path) -> sitk.Image:
     return sitk.ReadImage(str(path))
 
 
-def _nifti_nonfinite(path: Path) -> int:
-    """Count NaN/inf voxels in a float NIfTI file's raw data.
+_NIFTI_BITPIX_OK = (8, 16, 32, 64, 128)
 
-    ITK's NIfTI reader silently turns NaN into 0, so this reads the stored
-    values directly (NIfTI-1 and -2, float32/float64 only; others return 0).
+
+def _nifti_header(head: bytes) -> tuple[str, int, int, int, int] | None:
+    """(byte order, header size, datatype code, voxel offset, data bytes) of a NIfTI-1/-2
+    header, or None when ``head`` is not one."""
+    for order in ("<", ">"):
+        n = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+        if n == 348:
+            dims = np.frombuffer(head[40:56], dtype=f"{order}i2").astype(np.int64)
+            code, bitpix = (int(v) for v in np.frombuffer(head[70:74], dtype=f"{order}i2"))
+            offset = int(np.frombuffer(head[108:112], dtype=f"{order}f4")[0])
+        elif n == 540:
+            dims = np.frombuffer(head[16:80], dtype=f"{order}i8").astype(np.int64)
+            code, bitpix = (int(v) for v in np.frombuffer(head[12:16], dtype=f"{order}i2"))
+            offset = int(np.frombuffer(head[168:176], dtype=f"{order}i8")[0])
+        else:
+            continue
+        ndim = int(dims[0])
+        if not 1 <= ndim <= 7 or bitpix not in _NIFTI_BITPIX_OK:
+            return None
+        voxels = int(np.prod(np.maximum(dims[1 : ndim + 1], 1)))
+        return order, n, code, max(offset, n + 4), voxels * bitpix // 8
+    return None
+
+
+def _nifti_scan(path: Path) -> tuple[int, str | None]:
+    """Read a NIfTI file's stored data as it is on disk: (the number of NaN/inf voxels, a
+    problem or None).
+
+    ITK's NIfTI reader reads a truncated file without complaint (the missing slices come
+    back as zeros) and silently turns NaN into 0, so both are checked here: the gzip stream
+    must end properly and hold all the voxels the header declares. NaN/inf are counted for
+    float32/float64 data (others: 0).
     """
     import gzip
+    import zlib
 
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        head = fh.read(540)
-        for order in ("<", ">"):
-            n = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
-            if n == 348:
-                dtype_code = int(np.frombuffer(head[70:72], dtype=f"{order}i2")[0])
-                offset = int(np.frombuffer(head[108:112], dtype=f"{order}f4")[0])
-                break
-            if n == 540:
-                dtype_code = int(np.frombuffer(head[12:14], dtype=f"{order}i2")[0])
-                offset = int(np.frombuffer(head[168:176], dtype=f"{order}i8")[0])
-                break
-        else:
-            return 0
-        kind = {16: "f4", 64: "f8"}.get(dtype_code)
-        if kind is None:
-            return 0
-        fh.seek(0)
-        raw = fh.read()[max(offset, 544 if n == 540 else 352) :]
-        item = np.dtype(kind).itemsize
-        data = np.frombuffer(raw[: len(raw) // item * item], dtype=f"{order}{kind}")
-    return int(np.count_nonzero(~np.isfinite(data)))
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        return 0, f"is truncated or corrupt ({type(exc).__name__}: {str(exc) or 'the compressed stream ends early'})"
+    head = _nifti_header(raw[:544])
+    if head is None:
+        return 0, None
+    order, n, code, offset, need = head
+    if len(raw) < offset + need:
+        have = max(0, len(raw) - offset)
+        return 0, f"is truncated: its header declares {need} bytes of voxels, the file holds {have} ({have / need:.0%})"
+    kind = {16: "f4", 64: "f8"}.get(code)
+    if kind is None:
+        return 0, None
+    data = np.frombuffer(raw, dtype=f"{order}{kind}", count=need // np.dtype(kind).itemsize, offset=offset)
+    return int(np.count_nonzero(~np.isfinite(data))), None
 
 
 def check_ct(vol: Volume, name: str = "CT", force: bool = False) -> None:
@@ -211,9 +252,7 @@ def read_volume(path: str | os.PathLike[str], force: bool = False) -> Volume:
     try:
         img = _read_sitk(p)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((ln.strip() for ln in first if ln.strip()), "unknown reason")
-        raise XctregError(f"cannot read CT {p}: {reason[:200]}") from None
+        raise XctregError(_read_error(p, str(exc))) from None
     if img.GetDimension() != 3:
         raise XctregError(f"{p} is a {img.GetDimension()}D image; a CT must be a 3D volume")
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -222,7 +261,9 @@ def read_volume(path: str | os.PathLike[str], force: bool = False) -> Volume:
         raise XctregError(f"{p} is a single slice (2D image); a CT must be a 3D volume")
     vol = Volume.from_sitk(img, path=p)
     if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
-        bad = _nifti_nonfinite(p)
+        bad, problem = _nifti_scan(p)
+        if problem is not None:
+            raise XctregError(f"CT {p} {problem}; download or export it again")
         if bad:
             raise XctregError(f"CT {p.name} has {bad} non-finite (NaN/inf) voxels")
     check_ct(vol, name=f"CT {p.name}", force=force)
