@@ -263,3 +263,27 @@ def test_euler_is_differentiable_and_batched() -> None:
     a = torch.tensor([[3.0, -4.0, 5.0], [10.0, 20.0, -30.0]], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(euler_to_rotmat, (a,))
     assert euler_to_rotmat(a).shape == (2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda d: d["params"].__setitem__("tx_mm", float("nan")), "finite"),
+        (lambda d: d["params"].__setitem__("rx_deg", "ten"), "number"),
+        (lambda d: d["reference"].__setitem__("sid_mm", 0), "sid_mm"),
+        (lambda d: d["reference"].__setitem__("sid_mm", -750), "sid_mm"),
+    ],
+)
+def test_bad_pose_values_give_one_line_error(tmp_path, cli, edit, fragment) -> None:
+    """NaN, a wrong type or a non-positive source distance in a pose JSON: one error line."""
+    d = Pose.from_params([1, 2, 3, 4, 5, 6], REF).to_dict()
+    d.pop("T_cam_from_world")
+    edit(d)
+    (tmp_path / "p.json").write_text(json.dumps(d))  # json writes NaN as the bare token NaN
+    assert_one_line_error(cli("check", "--pose", tmp_path / "p.json"), fragment)
+
+
+def test_geometry_with_nan_gives_one_line_error(tmp_path, cli) -> None:
+    g = {"sdd_mm": float("nan"), "height": 32, "width": 32, "pixel_spacing_mm": [1.0, 1.0]}
+    (tmp_path / "g.json").write_text(json.dumps(g))
+    assert_one_line_error(cli("check", "--geometry", tmp_path / "g.json"), "finite")

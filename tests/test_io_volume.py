@@ -144,3 +144,15 @@ def test_truncated_ct_is_refused(cli, tmp_path, small_phantom, suffix: str, comp
     res = cli("check", cut)
     assert_one_line_error(res, "truncated")
     assert str(cut) in res.err
+
+
+def test_4d_and_inf_ct_refused(cli, tmp_path, small_phantom) -> None:
+    """A 4D image (e.g. a time series) and a CT with an infinite voxel: one error line each."""
+    one = small_phantom.to_sitk()
+    sitk.WriteImage(sitk.JoinSeries([one, one]), str(tmp_path / "4d.nii.gz"))
+    assert_one_line_error(cli("check", tmp_path / "4d.nii.gz"), "4D")
+    vol = Volume(small_phantom.hu.copy(), small_phantom.spacing)
+    vol.hu[1, 2, 3] = np.inf
+    for name in ("inf.nii.gz", "inf.mha"):
+        write_volume(vol, tmp_path / name)
+        assert_one_line_error(cli("check", tmp_path / name), "non-finite")

@@ -129,3 +129,14 @@ def test_dicom_single_spacing_value_and_permissions(tmp_path) -> None:
     del ds.PixelSpacing  # else it contradicts the new ImagerPixelSpacing (refused, see test_dicom.py)
     ds.save_as(tmp_path / "one.dcm")
     assert read_xray(tmp_path / "one.dcm").camera.pixel_spacing_mm == (1.5, 1.5)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_truncated_image_file_is_one_line_error(tmp_path, cli, suffix: str) -> None:
+    """A PNG or TIFF X-ray cut short is refused, never read with missing rows."""
+    write_xray(tmp_path / f"x{suffix}", IMG)
+    data = (tmp_path / f"x{suffix}").read_bytes()
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])
+    res = cli("check", "--xray", tmp_path / f"cut{suffix}")
+    assert_one_line_error(res, "truncated or corrupt")
+    assert f"cut{suffix}" in res.err and "Exception thrown" not in res.err

@@ -177,3 +177,35 @@ def test_tensorboard_logging_or_a_clear_error(tmp_path, small_phantom) -> None:
     else:
         t.fit(tensorboard=True)
         assert list((tmp_path / "m" / "tensorboard").glob("events.*"))
+
+
+class _Planted:
+    """A pickled object whose unpickling would create a file: the marker of code that ran."""
+
+    marker = ""
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_that_carries_a_pickled_object_is_refused_without_running_it(tmp_path) -> None:
+    """Loading stays ``weights_only``: a .pt whose pickle would run code (here os.mkdir) is
+    refused with an XctregError and nothing runs; a real checkpoint cut short is 'corrupt'."""
+    planted = _Planted()
+    planted.marker = str(tmp_path / "code_ran")
+    torch.save({"xctreg_checkpoint": 1, "model": planted}, tmp_path / "evil.pt")
+    with pytest.raises(XctregError, match="pickled Python objects"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "code_ran").exists()
+    assert not any("code_ran" in p.name for p in tmp_path.iterdir())
+
+
+def test_truncated_real_checkpoint_is_corrupt(tmp_path, small_phantom) -> None:
+    Trainer(small_phantom, tmp_path / "m", quick_test_config(steps=2), log=lambda s: None).fit()
+    data = (tmp_path / "m" / "best.pt").read_bytes()
+    for keep in (len(data) // 3, len(data) - 100):
+        (tmp_path / "cut.pt").write_bytes(data[:keep])
+        with pytest.raises(XctregError, match="corrupt"):
+            load_checkpoint(tmp_path / "cut.pt")

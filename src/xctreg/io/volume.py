@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from xctreg._fs import atomic_path
 from xctreg.errors import XctregError
+from xctreg.io._itk import itk_reason, truncation_hint
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
@@ -113,20 +114,12 @@ class Volume:
         )
 
 
-_TRUNCATED_HINTS = ("not read completely", "but received", "fread got only", "unexpected end", "premature", "truncat")
-
-
 def _read_error(path: Path, message: str) -> str:
-    """One line for an ITK read error: "truncated or corrupt" when ITK says data were missing
-    (NRRD, MetaImage), else its first line."""
-    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    hint = next((ln for ln in lines if any(h in ln.lower() for h in _TRUNCATED_HINTS)), None)
-    if hint is None and path.is_file() and any("MetaImageIO" in ln and "cannot be read" in ln for ln in lines):
-        hint = "MetaImage could not read its voxels"  # MetaIO says why on stderr only
+    """One line for an ITK read error: "truncated or corrupt" when ITK says data were missing."""
+    hint = truncation_hint(message) if path.is_file() else None
     if hint is not None:
-        return f"CT {path} is truncated or corrupt ({hint[:160]}); download or export it again"
-    itk = next((ln.split(": ", 1)[-1].split("): ", 1)[-1] for ln in lines if ln.startswith(("ITK ERROR", "sitk::ERROR"))), None)
-    return f"cannot read CT {path}: {(itk or (lines[0] if lines else 'unknown reason'))[:200]}"
+        return f"CT {path} is truncated or corrupt ({hint}); download or export it again"
+    return f"cannot read CT {path}: {itk_reason(message)}"
 
 
 def _read_sitk(path: Path) -> sitk.Image:

@@ -359,8 +359,9 @@ def read_xray(path: str | os.PathLike[str], transmission: bool = False) -> XRay:
         try:
             arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
         except RuntimeError as exc:
-            reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unknown reason")
-            raise XctregError(f"cannot read X-ray {p}: {reason[:200]}") from None
+            from xctreg.io._itk import itk_reason
+
+            raise XctregError(f"cannot read X-ray {p} (truncated or corrupt?): {itk_reason(str(exc))}") from None
     else:
         raise XctregError(f"unsupported X-ray format {p.name}; use .npy, .png, .tif/.tiff or .dcm")
     img = _to_2d(arr, p)

@@ -36,6 +36,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        if "weights only load failed" in str(exc).lower() and "unsupported global" in str(exc).lower():
+            raise XctregError(f"checkpoint {path} holds pickled Python objects; refused: xctreg never runs code from a data file") from None
         raise XctregError(f"checkpoint {path} is corrupt or not a torch file: {str(exc).splitlines()[0][:150]}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise XctregError(f"{path} is not an xctreg checkpoint")
