@@ -231,3 +231,37 @@ def test_numba_one_pass_jacobian_equals_the_two_pass_backward(small_phantom, mod
     with torch.no_grad():
         L = _NumbaMarch.apply(rays.origin, rays.direction, rays.t0, rays.t1, r._chan_np, r.step_mm)
     assert L.grad_fn is None
+
+
+def test_out_of_memory_falls_back_to_smaller_ray_chunks(small_phantom, monkeypatch) -> None:
+    """The torch backend, told it is out of memory above 1024 rays per chunk, halves its chunks
+    until they fit, warns once, keeps the smaller chunk, and renders the same image; any other
+    error still raises."""
+    import xctreg.render.drr as drr
+
+    r = Renderer(small_phantom, CAM64, RenderConfig(backend="torch", chunk_rays=8192))
+    p = torch.tensor(sample_params(1, seed=1), dtype=torch.float32)
+    want = r(p)
+    real, seen = drr.march_torch, []
+
+    def tight(vol, rays, step, chunk):  # noqa: ANN001, ANN202
+        seen.append(chunk)
+        if chunk > 1024:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(vol, rays, step, chunk)
+
+    monkeypatch.setattr(drr, "march_torch", tight)
+    with pytest.warns(UserWarning, match="smaller ray chunks"):
+        got = r(p)
+    torch.testing.assert_close(got, want)
+    assert seen == [8192, 4096, 2048, 1024]
+    seen.clear()
+    r(p)
+    assert seen == [1024]  # kept
+
+    def broken(vol, rays, step, chunk):  # noqa: ANN001, ANN202
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(drr, "march_torch", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        r(p)

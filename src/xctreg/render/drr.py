@@ -8,6 +8,7 @@ noise -> attenuation image -log(I/I0) (bone bright).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,6 +84,13 @@ class RenderConfig:
 
 
 _LEVELS: dict[tuple[int, float], tuple[weakref.ref[Volume], Volume]] = {}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` says a device ran out of memory (CUDA's OutOfMemoryError, or the CPU
+    allocator's RuntimeError)."""
+    msg = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in msg or "can't allocate memory" in msg
 
 
 def level_voxel_mm(camera: Camera, voxel_mm: float | Literal["auto"] | None, sid_mm: float) -> float | None:
@@ -203,11 +211,29 @@ class Renderer:
 
             L = march_warp(self._chan_warp, rays, self.step_mm)
         else:
-            L = march_torch(self.channels, rays, self.step_mm, self.config.chunk_rays)
+            L = self._march_torch(rays)
         L = (L * 0.1).transpose(1, 2)  # mm -> cm, (B, C, R)
         if uv is not None:
             return L
         return L.reshape(L.shape[0], L.shape[1], self.camera.height, self.camera.width)
+
+    def _march_torch(self, rays: IndexRays) -> torch.Tensor:
+        """``march_torch`` in chunks of ``chunk_rays`` rays; when the device runs out of memory,
+        the chunk is halved (down to 256 rays) and kept smaller for later calls, with one warning."""
+        chunk = getattr(self, "_chunk", self.config.chunk_rays)
+        while True:
+            try:
+                return march_torch(self.channels, rays, self.step_mm, chunk)
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_oom(exc) or chunk <= 256:
+                    raise
+                chunk //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not getattr(self, "_warned_oom", False):
+                    warnings.warn(f"out of memory on {self.device} while rendering; using smaller ray chunks ({chunk} rays)", stacklevel=3)
+                    self._warned_oom = True
+                self._chunk = chunk
 
     def siddon_line_integrals(self, poses: torch.Tensor) -> torch.Tensor:
         """Reference: exact Siddon material line integrals (B, C, H, W) in g/cm² (float64)."""
