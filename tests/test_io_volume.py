@@ -65,7 +65,11 @@ def test_dicom_series_directory(tmp_path, small_phantom) -> None:
     writer.Execute(sl)
     with pytest.raises(XctregError, match="2 DICOM series"):
         read_volume(tmp_path)
+    # a slice missing from the middle: refused, not read as if evenly spaced
     other.unlink()
+    (tmp_path / "s005.dcm").unlink()
+    with pytest.raises(XctregError, match="uneven slice spacing: 12.00 mm between slices 5 and 6, 6.00 mm"):
+        read_volume(tmp_path)
     np.testing.assert_allclose(vol.spacing, [6.0, 6.0, 6.0], atol=1e-3)
     np.testing.assert_allclose(vol.hu, np.round(small_phantom.hu), atol=1.0)
 

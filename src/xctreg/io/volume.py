@@ -122,6 +122,37 @@ def _read_error(path: Path, message: str) -> str:
     return f"cannot read CT {path}: {itk_reason(message)}"
 
 
+def _check_slice_gaps(folder: Path, files: tuple[str, ...] | list[str], tolerance: float = 0.01) -> None:
+    """Refuse a DICOM series whose slices are unevenly spaced (a missing slice, or slices of
+    several acquisitions): ITK would read it as if evenly spaced and put the anatomy in the wrong
+    place. The gaps (mm) along the slices' normal may differ from their median by ``tolerance``
+    of it (at least 0.01 mm). Slices without a position or orientation are not checked."""
+    if len(files) < 3:
+        return
+    info = sitk.ImageFileReader()
+    pos = []
+    for f in files:
+        info.SetFileName(str(f))
+        info.ReadImageInformation()
+        if not (info.HasMetaDataKey("0020|0032") and info.HasMetaDataKey("0020|0037")):
+            return
+        try:
+            pos.append([float(v) for v in info.GetMetaData("0020|0032").split("\\")])
+            cos = [float(v) for v in info.GetMetaData("0020|0037").split("\\")]
+        except ValueError:
+            return
+    normal = np.cross(cos[:3], cos[3:6])
+    z = np.sort(np.asarray(pos) @ normal)
+    gaps = np.diff(z)
+    mid = float(np.median(gaps))
+    if np.abs(gaps - mid).max() > max(tolerance * abs(mid), 0.01):
+        k = int(np.argmax(np.abs(gaps - mid)))
+        raise XctregError(
+            f"the DICOM series in {folder} has uneven slice spacing: {gaps[k]:.2f} mm between slices {k + 1} and {k + 2}, "
+            f"{mid:.2f} mm elsewhere (a missing slice?); give a complete series"
+        )
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
@@ -136,6 +167,7 @@ def _read_sitk(path: Path) -> sitk.Image:
             )
         else:
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        _check_slice_gaps(path, files)
         reader.SetFileNames(files)
         return reader.Execute()
     return sitk.ReadImage(str(path))
