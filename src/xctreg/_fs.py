@@ -1,11 +1,14 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""Atomic file output: write to a temporary file beside the target, then rename; and a check
+that an output folder can be written before any long work starts."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +40,43 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+MIN_FREE_BYTES = 64_000_000
+"""Free bytes an output folder needs at least (checkpoints, images, JSON) for the CLI to start."""
+
+
+def check_writable(folder: str | os.PathLike[str], need_bytes: int = 0) -> None:
+    """Refuse an output folder that cannot be written, before any long work: create it if
+    needed, create and delete a temporary file in it, and require ``need_bytes`` bytes free
+    (``shutil.disk_usage``). Raises an XctregError naming the folder and the reason."""
+    from xctreg.errors import XctregError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".xctreg-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise XctregError(f"cannot write to {folder}: {_write_failure(folder, exc)}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise XctregError(
+            f"cannot write to {folder}: only {free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed"
+        )
+
+
+def _write_failure(folder: Path, exc: OSError) -> str:
+    """Why ``folder`` could not be created or written, in a few words."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None or exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{blocker or folder} is not a folder"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"it is read-only ({exc.strerror})"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({exc.strerror})"
+    return f"cannot create or write it ({exc.strerror or type(exc).__name__})"
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -3,7 +3,8 @@
 ``find_xrays`` turns a file, a folder or a glob into a sorted list of X-ray
 files; ``write_outputs`` writes a ``Result``'s JSON, overlay PNG and
 trajectory GIF; ``register_files`` runs a list through one ``Registrar`` and
-writes ``summary.csv`` (one row per X-ray, failures included).
+writes ``summary.csv`` (one row per X-ray, failures included); with ``resume`` it
+skips the X-rays whose outputs an earlier, interrupted run already wrote.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import torch
 
 from xctreg._fs import atomic_path, write_json
 from xctreg.errors import XctregError
+from xctreg.geometry import PARAM_NAMES
 
 XRAY_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".dicom")
 
@@ -91,18 +94,40 @@ SUMMARY_FIELDS = (
 )  # fmt: skip
 
 
+# Rough upper bounds of one X-ray's outputs (bytes), for the free-space check before a run.
+OUTPUT_BYTES = {"result": 100_000, "overlay": 2_000_000, "animation": 8_000_000}
+
+
 def summary_row(path: Path, result: Any = None, out: Path | None = None, error: str = "") -> dict[str, Any]:
     """One row of summary.csv for an X-ray: its pose and similarity, or its error."""
-    row: dict[str, Any] = {k: "" for k in SUMMARY_FIELDS}
-    row["xray"] = str(path)
     if result is None:
-        row.update(status="error", error=error)
+        row: dict[str, Any] = {k: "" for k in SUMMARY_FIELDS}
+        row.update(xray=str(path), status="error", error=error)
         return row
-    p = result.to_dict()
-    row.update(status="ok", **{k: f"{v:.6g}" for k, v in p["params"].items()})
-    row.update({k: f"{v:.4f}" for k, v in p["similarity"].items()})
-    row.update(iterations=p["iterations"], seconds=f"{p['timing_s']['total']:.3f}", result=str(out or ""))
+    return _ok_row(path, result.to_dict(), out)
+
+
+def _ok_row(path: Path, d: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """The row of a result dict (SPEC §5 result JSON); KeyError/TypeError/ValueError when malformed."""
+    row: dict[str, Any] = {k: "" for k in SUMMARY_FIELDS}
+    row.update(xray=str(path), status="ok", result=str(out or ""))
+    row.update({k: f"{float(d['params'][k]):.6g}" for k in PARAM_NAMES})
+    row.update({k: f"{float(v):.4f}" for k, v in d.get("similarity", {}).items() if k in SUMMARY_FIELDS})
+    row.update(iterations=d.get("iterations", ""))
+    if "total" in d.get("timing_s", {}):
+        row["seconds"] = f"{float(d['timing_s']['total']):.3f}"
     return row
+
+
+def resumed_row(path: Path, outputs: Outputs) -> dict[str, Any] | None:
+    """The summary row of an X-ray whose outputs an earlier run wrote (a readable result JSON
+    with all six ``params``, and the overlay/GIF when asked for); None when it must be redone."""
+    if any(p is not None and not p.is_file() for p in (outputs.overlay, outputs.animation)):
+        return None
+    try:
+        return _ok_row(path, json.loads(outputs.result.read_text(encoding="utf-8")), outputs.result)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # missing, partial or not a result
+        return None
 
 
 def write_summary(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
@@ -122,26 +147,48 @@ def register_files(
     overlay_dir: Path | None = None,
     animate_dir: Path | None = None,
     on_done: Callable[[Path, dict[str, Any]], None] | None = None,
+    resume: bool = False,
+    on_skip: Callable[[Path], None] | None = None,
     **register_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Register each file; write ``<stem>.result.json`` and ``summary.csv`` in ``out_dir`` (and
     ``<stem>.overlay.png`` in ``overlay_dir``, ``<stem>.gif`` in ``animate_dir`` when given).
-    A file that fails is reported in its row; the others go on."""
+    A file that fails is reported in its row; the others go on. With ``resume``, a file whose
+    outputs exist (``resumed_row``) is not registered again: its row is read from its JSON and
+    ``on_skip`` is called. ``on_done`` is called for every file."""
     rows: list[dict[str, Any]] = []
-    stems = [_stem(f) for f in files]
-    dup = {s for s in stems if stems.count(s) > 1}
-    for f, stem in zip(files, stems, strict=True):
-        name = f.name.replace(".", "_") if stem in dup else stem
-        outs = Outputs(out_dir / f"{name}.result.json", overlay_dir / f"{name}.overlay.png" if overlay_dir else None,
-                       animate_dir / f"{name}.gif" if animate_dir else None)  # fmt: skip
-        try:
-            res = registrar.register(f, **register_kwargs)
-            write_outputs(res, registrar, outs, title=f.name)
-            row = summary_row(f, res, outs.result)
-        except XctregError as exc:
-            row = summary_row(f, error=str(exc).splitlines()[0])
+    for f, outs in zip(files, plan_outputs(files, out_dir, overlay_dir, animate_dir), strict=True):
+        row = resumed_row(f, outs) if resume else None
+        if row is not None:
+            if on_skip is not None:
+                on_skip(f)
+        else:
+            row = _register_one(registrar, f, outs, register_kwargs)
         rows.append(row)
         if on_done is not None:
             on_done(f, row)
     write_summary(out_dir / "summary.csv", rows)
     return rows
+
+
+def plan_outputs(files: list[Path], out_dir: Path, overlay_dir: Path | None = None,
+                 animate_dir: Path | None = None) -> list[Outputs]:  # fmt: skip
+    """Each file's outputs: ``<stem>.result.json`` etc., or ``<name_with_underscores>.*`` when stems clash."""
+    stems = [_stem(f) for f in files]
+    dup = {s for s in stems if stems.count(s) > 1}
+    plan = []
+    for f, stem in zip(files, stems, strict=True):
+        name = f.name.replace(".", "_") if stem in dup else stem
+        plan.append(Outputs(out_dir / f"{name}.result.json", overlay_dir / f"{name}.overlay.png" if overlay_dir else None,
+                            animate_dir / f"{name}.gif" if animate_dir else None))  # fmt: skip
+    return plan
+
+
+def _register_one(registrar: Any, f: Path, outs: Outputs, register_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Register one file and write its outputs; its summary row (an error row on XctregError)."""
+    try:
+        res = registrar.register(f, **register_kwargs)
+        write_outputs(res, registrar, outs, title=f.name)
+        return summary_row(f, res, outs.result)
+    except XctregError as exc:
+        return summary_row(f, error=str(exc).splitlines()[0])

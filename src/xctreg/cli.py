@@ -207,6 +207,7 @@ def simulate(
     """Render physics-based X-rays (DRRs) of a CT at a given pose or at N random poses."""
     import time
 
+    from xctreg._fs import MIN_FREE_BYTES, check_writable
     from xctreg.geometry import read_pose
     from xctreg.io import read_volume
     from xctreg.physics import DetectorConfig
@@ -228,6 +229,7 @@ def simulate(
     view_deg, pose_ranges = _view_and_ranges(view, ranges)
     if ranges is not None and pose is not None:
         raise XctregError("--ranges applies to --random only")
+    check_writable(out if random else out.parent, MIN_FREE_BYTES + random * cam.height * cam.width * 4)
     dev = resolve_device(device)
     vol = read_volume(ct, force=force)
     det = DetectorConfig(photons=photons, blur_px=blur_px, scatter_fraction=scatter)
@@ -267,6 +269,7 @@ def data_generate(
     """Render a cached, resumable training dataset (material line integrals + pose tables)."""
     import time
 
+    from xctreg._fs import MIN_FREE_BYTES, check_writable
     from xctreg.data.dataset import DataConfig, generate
     from xctreg.data.poses import SplitConfig
     from xctreg.io import read_volume
@@ -278,6 +281,7 @@ def data_generate(
     if method not in ("uniform", "sobol"):
         raise XctregError(f"unknown --method {method!r}; use uniform or sobol")
     view_deg, pose_ranges = _view_and_ranges(view, ranges)
+    check_writable(out, MIN_FREE_BYTES)  # the dataset's own size is checked by generate
     vol = read_volume(ct, force=force)
     splits = SplitConfig(n_train, n_val, n_test, ranges=pose_ranges, method=method, seed=seed)  # type: ignore[arg-type]
     cfg = DataConfig(camera=cam, splits=splits, shard_size=shard_size, view_deg=view_deg)
@@ -340,6 +344,7 @@ def train(
     """Build the patient-specific model: cached training DRRs and the pose regressor."""
     from dataclasses import replace
 
+    from xctreg._fs import MIN_FREE_BYTES, check_writable
     from xctreg.io import read_volume
     from xctreg.models import ModelConfig
     from xctreg.runtime import resolve_device
@@ -351,6 +356,7 @@ def train(
                   ranges=pose_ranges, curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps)  # fmt: skip
     if cfg.steps < 1:
         raise XctregError("--steps must be >= 1")
+    check_writable(out, MIN_FREE_BYTES)  # the cached training data's size is checked when it is generated
     dev = resolve_device(device)
     vol = read_volume(ct, force=force)
     with _progress(None, transient=False) as bar:
@@ -440,12 +446,13 @@ def register_cmd(
     native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, a last level on its own pixels (Adam steps, then a line search along depth), at up to this many px (0: on the model's detector).", min=0)] = 256,
     match_blur: Annotated[bool, typer.Option("--match-blur", help="Fit the X-ray's detector blur in the last level and blur the DRRs by it (reported as blur_px): better on strongly blurred X-rays, depth biased short on sharp ones (docs/register.md).")] = False,
     no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip the X-rays whose result (and overlay/GIF when asked for) an earlier run already wrote.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Estimate the pose of X-rays: preprocessing, regression, then refinement by differentiable rendering."""
     import warnings
 
-    from xctreg.batch import Outputs, find_xrays, register_files, write_outputs
+    from xctreg.batch import Outputs, find_xrays, register_files, resumed_row, write_outputs
     from xctreg.geometry import read_camera
     from xctreg.io import read_xray
     from xctreg.preprocess import PreprocessConfig
@@ -469,29 +476,39 @@ def register_cmd(
         transmission=transmission,
     )
     single = len(files) == 1 and not Path(xray).is_dir()
+    if single:
+        f = files[0]
+        name = f.name.split(".")[0] + ".result.json"
+        out = out / name if out is not None and out.is_dir() else (out or f.with_name(name))
+        _check_outputs(1, out.parent, overlay_png and overlay_png.parent, animate and animate.parent)
+        if resume and resumed_row(f, Outputs(out, overlay_png, animate)) is not None:
+            _echo(f"skipped 1 of 1 X-rays that already had a result: {out} (--resume)")
+            return
+    else:
+        base = Path(xray) if Path(xray).is_dir() else files[0].parent
+        out_dir = out or base / "results"
+        for opt, val in (("--out", out), ("--overlay", overlay_png), ("--animate", animate)):
+            if val is not None and val.suffix and not val.is_dir():
+                raise XctregError(f"{opt} must be a folder when registering several X-rays, got {val}")
+        _check_outputs(len(files), out_dir, overlay_png, animate)
+    skipped: list[Path] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
         if single:
             from rich.console import Console
 
-            f = files[0]
             with Console(stderr=True).status(f"registering {f.name} ..."):
                 res = reg.register(f, **kwargs)
-            name = f.name.split(".")[0] + ".result.json"
-            out = out / name if out is not None and out.is_dir() else (out or f.with_name(name))
             write_outputs(res, reg, Outputs(out, overlay_png, animate), title=f.name)
         else:
-            base = Path(xray) if Path(xray).is_dir() else files[0].parent
-            out_dir = out or base / "results"
-            for opt, val in (("--out", out), ("--overlay", overlay_png), ("--animate", animate)):
-                if val is not None and val.suffix and not val.is_dir():
-                    raise XctregError(f"{opt} must be a folder when registering several X-rays, got {val}")
             with _progress("registering") as bar:
                 task = bar.add_task("register", total=len(files))
                 rows = register_files(reg, files, out_dir, on_done=lambda f, row: bar.advance(task), **kwargs,
-                                      overlay_dir=overlay_png, animate_dir=animate)  # fmt: skip
+                                      overlay_dir=overlay_png, animate_dir=animate, resume=resume, on_skip=skipped.append)  # fmt: skip
     _print_warnings(caught)
+    if resume and not single:
+        _echo(f"skipped {len(skipped)} of {len(files)} X-rays that already had a result in {out_dir} (--resume)")
     if single:
         p = res.to_dict()["params"]
         _echo(
@@ -506,6 +523,17 @@ def register_cmd(
         for r in failed:
             _echo(f"  failed: {r['xray']}: {r['error']}")
         raise XctregError(f"{len(failed)} of {len(rows)} X-rays failed (see {out_dir}/summary.csv)")
+
+
+def _check_outputs(n: int, results: Path, overlays: Path | None, animations: Path | None) -> None:
+    """Refuse, before the model is loaded, output folders that cannot be written or lack room
+    for ``n`` X-rays' results, overlays and GIFs (``None``: not written)."""
+    from xctreg._fs import MIN_FREE_BYTES, check_writable
+    from xctreg.batch import OUTPUT_BYTES
+
+    for kind, folder in (("result", results), ("overlay", overlays), ("animation", animations)):
+        if folder is not None:
+            check_writable(folder, MIN_FREE_BYTES + n * OUTPUT_BYTES[kind])
 
 
 def _print_warnings(caught: list) -> None:  # noqa: ANN001 - warnings.WarningMessage
