@@ -2,7 +2,7 @@
 
     python bench/register.py [--n 5] [--preset quick] [--model-dir DIR] [--device auto]
                              [--similarity patch-ncc[,ncc+gradncc,...]] [--collimator]
-                             [--ct PATH] [--reference-device cpu]
+                             [--ct PATH] [--reference-device cpu] [--cold K] [--load N]
 
 Targets are polyenergetic, noisy DRRs at random poses. Without --model-dir the
 regressor's time is measured with an untrained network of the preset's shape
@@ -16,7 +16,9 @@ keeps its renderers between X-rays (the warm case of a folder run or the Python
 API). --ct replaces the chest CT (e.g. a phantom on a machine that cannot
 download it). --reference-device refines the same X-rays from the same starts on
 a second device too and prints the time ratio (e.g. --device cuda
---reference-device cpu). The last line is JSON.
+--reference-device cpu). --load N registers N X-rays with one Registrar, as a folder
+run does, and prints the resident memory at X-rays 10 and N and the time per X-ray
+(issue #14: memory stays flat and time constant). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def main() -> None:
     ap.add_argument("--ct", default=None, help="a CT instead of the chest CT")
     ap.add_argument("--reference-device", default=None, help="also refine on this device, for a time ratio")
     ap.add_argument("--cold", type=int, default=0, help="with --model-dir: also time COLD fresh `xctreg register` processes, and Registrar.register warm")
+    ap.add_argument("--load", type=int, default=0, help="with --model-dir: register this many X-rays with one Registrar (the --n X-rays in turn) and print the resident memory at X-rays 10 and LOAD")
     args = ap.parse_args()
-    if args.cold and not args.model_dir:
-        ap.error("--cold needs --model-dir")
+    if (args.cold or args.load) and not args.model_dir:
+        ap.error("--cold and --load need --model-dir")
     warnings.filterwarnings("ignore")
 
     import numpy as np
@@ -124,7 +127,36 @@ def main() -> None:
             print(f"{name}: refinement on {dev} is {a['speedup_vs_reference']:.2f}x the speed of {devices[1]}", flush=True)
     if args.cold:
         summary["register"] = cold_and_warm(reg, args.model_dir, imgs, cam, args.cold)
+    if args.load:
+        summary["load"] = load_run(reg, imgs, cam, args.load)
     print(json.dumps(summary))
+
+
+def rss_mb() -> float:
+    """This process's resident memory (MB), from /proc/self/statm (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def load_run(reg, imgs, cam, n: int) -> dict:  # noqa: ANN001
+    """``n`` X-rays through one Registrar (a folder run's loop; the images in turn): resident
+    memory after X-ray 10 and after the last, and seconds per X-ray over the first and last 10."""
+    import numpy as np
+
+    secs, mem = [], {}
+    for k in range(n):
+        t = time.perf_counter()
+        reg.register(imgs[k % len(imgs)], cam)
+        secs.append(time.perf_counter() - t)
+        if k + 1 in (10, n):
+            mem[k + 1] = rss_mb()
+            print(f"load: X-ray {k + 1}: resident {mem[k + 1]:.0f} MB, {np.mean(secs[-10:]):.2f} s per X-ray over the last 10", flush=True)
+    out = {"n": n, "rss_mb": mem, "s_first10": float(np.mean(secs[:10])), "s_last10": float(np.mean(secs[-10:]))}
+    if 10 in mem and n > 10:
+        out["rss_growth_mb"] = mem[n] - mem[10]
+    return out
 
 
 def cold_and_warm(reg, model_dir: str, imgs, cam, runs: int) -> dict:  # noqa: ANN001
