@@ -87,7 +87,7 @@ def test_training_stores_levels_and_register_needs_no_ct_then(model_dir, tmp_pat
     np.testing.assert_allclose(without_ct.params, with_ct.params, atol=1e-6)
 
 
-def test_strict_still_refuses_a_changed_ct_when_levels_spare_reading_it(model_dir, tmp_path, cli) -> None:
+def test_a_changed_ct_is_refused_even_when_levels_spare_reading_it(model_dir, tmp_path, cli) -> None:
     import json
 
     from conftest import assert_one_line_error
@@ -99,6 +99,6 @@ def test_strict_still_refuses_a_changed_ct_when_levels_spare_reading_it(model_di
     (tmp_path / "changed.nii.gz").write_bytes(b"another file")
     (copy / "config.json").write_text(json.dumps(meta))
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
-    assert_one_line_error(cli("register", copy, tmp_path / "x.npy", "--strict"), "SHA-256")
-    res = cli("register", copy, tmp_path / "x.npy", "--out", tmp_path / "r.json")  # the stored levels suffice
+    assert_one_line_error(cli("register", copy, tmp_path / "x.npy"), "SHA-256")
+    res = cli("register", copy, tmp_path / "x.npy", "--out", tmp_path / "r.json", "--force")  # the stored levels suffice
     assert res.code == 0, res.err

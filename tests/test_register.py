@@ -70,7 +70,7 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
     assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "m16.npy"), "mask is 16x16")
     np.save(tmp_path / "mall.npy", np.ones((32, 32), np.float32))
     assert_one_line_error(cli("register", m, tmp_path / "x32.npy", "--mask", tmp_path / "mall.npy"), "almost every pixel")
-    # a model directory whose CT changed: a warning, an error with --strict
+    # a model directory whose CT changed: refused (both paths named), a warning with --force
     cfg = json.loads((m / "config.json").read_text())
     cfg["ct_sha256"] = "0" * 64
     other = tmp_path / "other"
@@ -79,9 +79,12 @@ def test_register_bad_inputs(cli, model_dir, tmp_path) -> None:
         (other / f).write_bytes((m / f).read_bytes())
     (other / "config.json").write_text(json.dumps(cfg))
     np.save(tmp_path / "x.npy", np.random.rand(32, 32).astype(np.float32))
-    res = cli("register", other, tmp_path / "x.npy", "--out", tmp_path / "w.json")
+    res = cli("register", other, tmp_path / "x.npy", "--out", tmp_path / "w.json", "--force")
     assert res.code == 0 and "warning: the CT" in res.err
-    assert_one_line_error(cli("register", other, tmp_path / "x.npy", "--strict"), "SHA-256")
+    for extra in ((), ("--strict",)):
+        res = cli("register", other, tmp_path / "x.npy", *extra)
+        assert_one_line_error(res, "SHA-256")
+        assert str(other) in res.err and str(cfg["ct_path"]) in res.err and "--force" in res.err
 
 
 @pytest.mark.parametrize("shutter", ["black", "white"])

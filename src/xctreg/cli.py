@@ -438,7 +438,8 @@ def register_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Result JSON (one X-ray; default <xray>.result.json beside it) or folder (several; default <folder>/results).")] = None,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
     transmission: Annotated[bool, typer.Option("--transmission", help="The X-ray holds raw intensities: apply -log.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse a CT whose SHA-256 differs from training.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Use the model's CT even when its SHA-256 differs from the one trained on (refused otherwise).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", hidden=True, help="The default now; kept for old scripts.")] = False,
     overlay_png: Annotated[Path | None, typer.Option("--overlay", help="PNG with DRR edges at the initial and final pose (a folder for several X-rays).")] = None,
     animate: Annotated[Path | None, typer.Option("--animate", help="GIF of the refinement trajectory (a folder for several X-rays).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
@@ -494,7 +495,7 @@ def register_cmd(
     skipped: list[Path] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reg = Registrar(model_dir, device=resolve_device(device), strict=strict)
+        reg = Registrar(model_dir, device=resolve_device(device), strict=strict or not force)
         if single:
             from rich.console import Console
 

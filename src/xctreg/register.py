@@ -433,11 +433,12 @@ class Registrar:
     """A trained patient-specific model, loaded once, for many X-rays.
 
     ``device`` runs the regressor and refinement's renderer (the numba kernels on the CPU,
-    torch on CUDA; ``RefineConfig.render.backend`` can choose). ``strict`` refuses a CT
-    whose SHA-256 differs from the one trained on (otherwise a warning).
+    torch on CUDA; ``RefineConfig.render.backend`` can choose). ``strict`` (the default)
+    refuses a CT whose SHA-256 differs from the one trained on; ``strict=False`` (the CLI's
+    ``--force``) uses it with a warning.
     """
 
-    def __init__(self, model_dir: str | Path, device: torch.device | str = "cpu", strict: bool = False, ct: Volume | None = None) -> None:
+    def __init__(self, model_dir: str | Path, device: torch.device | str = "cpu", strict: bool = True, ct: Volume | None = None) -> None:
         self.dir = Path(model_dir)
         self.device = torch.device(device)
         self.model, self.model_config, self.meta = load_model(self.dir, device=self.device)
@@ -506,7 +507,8 @@ class Registrar:
         if self._ct_change_msg is False:
             path, want = self.meta.get("ct_path"), self.meta.get("ct_sha256")
             differs = bool(path and want and Path(path).exists() and sha256_file(path) != want)
-            self._ct_change_msg = f"the CT at {path} is not the one {self.dir} was trained on (SHA-256 differs)" if differs else None
+            self._ct_change_msg = (f"the CT at {path} is not the one the model {self.dir} was trained on (SHA-256 differs); "
+                                   "--force uses it anyway") if differs else None  # fmt: skip
         return self._ct_change_msg
 
     def ct(self) -> Volume:
