@@ -196,3 +196,24 @@ def test_check_writable(tmp_path, monkeypatch) -> None:
     _read_only(monkeypatch)
     with pytest.raises(XctregError, match=f"cannot write to {tmp_path}: it is read-only"):
         check_writable(tmp_path)
+
+
+def test_dicom_without_geometry_falls_back_clearly(cli, model_dir, tmp_path) -> None:
+    """A DICOM X-ray without DistanceSourceToDetector / ImagerPixelSpacing: --geometry is used
+    when given; else the model's detector is assumed with a warning when the sizes agree, and
+    one error line asks for --geometry when they do not."""
+    import numpy as np
+
+    from xctreg.io import write_xray
+
+    m = model_dir / "m"
+    rng = np.random.default_rng(0)
+    write_xray(tmp_path / "same.dcm", rng.random((32, 32)).astype(np.float32))
+    write_xray(tmp_path / "other.dcm", rng.random((40, 48)).astype(np.float32))
+    res = cli("register", m, tmp_path / "same.dcm", "--no-refine", "--out", tmp_path / "a.json")
+    assert res.code == 0 and "no geometry tags" in res.err and "--geometry" in res.err, res.err
+    assert_one_line_error(cli("register", m, tmp_path / "other.dcm", "--no-refine"), "no geometry tags")
+    geo = tmp_path / "g.json"
+    geo.write_text('{"sdd_mm": 1020, "height": 40, "width": 48, "pixel_spacing_mm": [10.24, 10.24]}')
+    res = cli("register", m, tmp_path / "other.dcm", "--no-refine", "--geometry", geo, "--out", tmp_path / "b.json")
+    assert res.code == 0 and "no geometry tags" not in res.err, res.err

@@ -425,6 +425,13 @@ class Result:
         return d
 
 
+def _is_dicom_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a DICOM file (by its suffix or its "DICM" preamble)."""
+    from xctreg.io.xray import _is_dicom
+
+    return _is_dicom(Path(path))
+
+
 def _same_file(a: str | os.PathLike[str] | None, b: str | os.PathLike[str] | None) -> bool:
     return a is not None and b is not None and Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
 
@@ -562,11 +569,23 @@ class Registrar:
             cam = Camera.from_dict(geometry)
         elif geometry is not None:
             cam = read_camera(geometry)
+        elif cam is None and isinstance(image, (str, os.PathLike)) and _is_dicom_path(image):
+            self._no_dicom_geometry(image, img.shape)
         prepared = prepare_xray(img, cam or self.camera, self.camera, preprocess, mask)
         prepared = replace(prepared, input_camera=cam or self.camera, positioner_deg=positioner)
         if positioner is not None:
             self.check_positioner(positioner, str(image) if isinstance(image, (str, os.PathLike)) else "X-ray")
         return prepared
+
+    def _no_dicom_geometry(self, path: str | os.PathLike[str], shape: tuple[int, ...]) -> None:
+        """A DICOM X-ray without its geometry tags and no ``--geometry``: the model's detector is
+        assumed, with a warning, when the image has its size; otherwise one error line."""
+        cam = self.camera
+        tags = "DistanceSourceToDetector and ImagerPixelSpacing"
+        if tuple(shape) != (cam.height, cam.width):
+            raise XctregError(f"{path} has no geometry tags ({tags}) and is {shape[0]}x{shape[1]} px, not the model's "
+                              f"{cam.height}x{cam.width}: pass its geometry with --geometry G.json")  # fmt: skip
+        warnings.warn(f"{path} has no geometry tags ({tags}); assuming the model's detector (pass --geometry G.json if it differs)", stacklevel=3)
 
     @staticmethod
     def _on_native(xr: PreparedXray, cfg: RefineConfig) -> bool:
