@@ -217,3 +217,38 @@ def test_dicom_without_geometry_falls_back_clearly(cli, model_dir, tmp_path) -> 
     geo.write_text('{"sdd_mm": 1020, "height": 40, "width": 48, "pixel_spacing_mm": [10.24, 10.24]}')
     res = cli("register", m, tmp_path / "other.dcm", "--no-refine", "--geometry", geo, "--out", tmp_path / "b.json")
     assert res.code == 0 and "no geometry tags" not in res.err, res.err
+
+
+def test_kill_during_a_write_leaves_no_partial_output(tmp_path) -> None:
+    """A process killed with SIGKILL in the middle of writing an output leaves the old file (or
+    none), never a partial one; the next write of that output removes the killed writer's
+    temporary file once it is stale."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from xctreg._fs import write_json
+
+    target = tmp_path / "result.json"
+    code = (
+        "import sys, time\n"
+        "from xctreg._fs import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('{\"partial\": ')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not target.exists()
+    temps = list(tmp_path.glob(".result.json.*.tmp.json"))
+    assert len(temps) == 1  # the killed writer could not clean up
+    old = time.time() - 120
+    os.utime(temps[0], (old, old))
+    write_json(target, {"params": 1})
+    assert json.loads(target.read_text()) == {"params": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    _remove_stale_temps(target, suffix)
+
+
+def _remove_stale_temps(target: Path, suffix: str, age_s: float = 60.0) -> None:
+    """Remove the temporary files of earlier writes of ``target`` that were killed before they
+    could clean up (``kill -9``, power loss), once they are ``age_s`` seconds old (a writer still
+    at work is younger)."""
+    now = time.time()
+    for old in target.parent.glob(f".{glob.escape(target.name)}.*.tmp{glob.escape(suffix)}"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > age_s:
+                old.unlink()
 
 
 MIN_FREE_BYTES = 64_000_000
