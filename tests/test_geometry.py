@@ -287,3 +287,16 @@ def test_geometry_with_nan_gives_one_line_error(tmp_path, cli) -> None:
     g = {"sdd_mm": float("nan"), "height": 32, "width": 32, "pixel_spacing_mm": [1.0, 1.0]}
     (tmp_path / "g.json").write_text(json.dumps(g))
     assert_one_line_error(cli("check", "--geometry", tmp_path / "g.json"), "finite")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"sdd_mm": "1020"}, {"height": True}, {"pixel_spacing_mm": ["1", "1"]}, {"principal_point_px": "ab"}, {"sdd_mm": 10**400}],
+    ids=["string-sdd", "bool-height", "string-spacing", "string-principal-point", "huge-int"],
+)
+def test_geometry_wrong_types_are_refused(tmp_path, cli, edit) -> None:
+    """Strings and booleans where numbers belong, and integers beyond a float, are refused in one line."""
+    g = {"sdd_mm": 1020, "height": 32, "width": 32, "pixel_spacing_mm": [1.0, 1.0], **edit}
+    (tmp_path / "g.json").write_text(json.dumps(g))
+    res = cli("check", "--geometry", tmp_path / "g.json")
+    assert res.code != 0 and res.err.startswith("error: ") and len(res.err.strip().splitlines()) == 1, res.err

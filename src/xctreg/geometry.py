@@ -139,22 +139,24 @@ class Camera:
             raise XctregError(f"{name} is missing field(s): {', '.join(missing)}")
         try:
             sp = d["pixel_spacing_mm"]
-            if isinstance(sp, (int, float)):
+            if isinstance(sp, (int, float)) and not isinstance(sp, bool):
                 sp = [sp, sp]
-            if len(sp) != 2:
-                raise ValueError
+            sp = json_numbers(sp, 2)
             pp = d.get("principal_point_px")
-            if pp is not None and len(pp) != 2:
-                raise XctregError(f"{name}: principal_point_px must be [cx, cy]")
-            h, w = d["height"], d["width"]
-            if isinstance(h, bool) or isinstance(w, bool) or float(h) != int(h) or float(w) != int(w):
-                raise XctregError(f"{name}: height and width must be integers, got {h!r}, {w!r}")
+            if pp is not None:
+                try:
+                    pp = json_numbers(pp, 2)
+                except (TypeError, ValueError):
+                    raise XctregError(f"{name}: principal_point_px must be [cx, cy]") from None
+            h, w = json_number(d["height"]), json_number(d["width"])
+            if not (math.isfinite(h) and math.isfinite(w)) or h != int(h) or w != int(w):
+                raise XctregError(f"{name}: height and width must be integers, got {d['height']!r}, {d['width']!r}")
             return cls(
-                sdd_mm=float(d["sdd_mm"]),
+                sdd_mm=json_number(d["sdd_mm"]),
                 height=int(h),
                 width=int(w),
-                pixel_spacing_mm=(float(sp[0]), float(sp[1])),
-                principal_point_px=None if pp is None else (float(pp[0]), float(pp[1])),
+                pixel_spacing_mm=(sp[0], sp[1]),
+                principal_point_px=None if pp is None else (pp[0], pp[1]),
             )
         except (TypeError, ValueError):
             raise XctregError(
@@ -230,6 +232,34 @@ def transform_points(T: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     return pts @ R.transpose(-1, -2) + t.unsqueeze(-2)
 
 
+def json_number(v: Any) -> float:
+    """A JSON number as a float: ints and floats only (a string or a boolean is a wrong type:
+    TypeError), and an integer too large for a float is a ValueError, as a bad value."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"expected a number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"number out of range: {str(v)[:20]}...") from None
+
+
+def json_numbers(v: Any, n: int | None = None) -> list[float]:
+    """A JSON array of numbers (``json_number`` each); ``n``: its required length (ValueError)."""
+    if not isinstance(v, (list, tuple, np.ndarray)):
+        raise TypeError(f"expected an array of numbers, got {type(v).__name__}")
+    out = [json_number(x) for x in v]
+    if n is not None and len(out) != n:
+        raise ValueError(f"expected {n} numbers, got {len(out)}")
+    return out
+
+
+def nearest_rotation(R: np.ndarray) -> np.ndarray:
+    """The rotation matrix (3x3, det +1) nearest to ``R`` in the Frobenius norm (SVD)."""
+    U, _, Vt = np.linalg.svd(np.asarray(R, dtype=np.float64))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    return U @ D @ Vt
+
+
 def is_rigid(T: np.ndarray, tol: float = 1e-4) -> bool:
     """True if T is a finite 4x4 proper rigid transform (RᵀR = I, det R = 1, last row 0 0 0 1)."""
     T = np.asarray(T, dtype=np.float64)
@@ -282,8 +312,8 @@ class PoseReference:
     def from_dict(cls, d: Any, name: str = "pose reference") -> PoseReference:
         """Parse ``{"isocenter_mm": [x, y, z], "sid_mm": s, "view_deg": [vx, vy, vz]}`` (view optional)."""
         try:
-            c = [float(v) for v in d["isocenter_mm"]]
-            sid = float(d.get("sid_mm", DEFAULT_SID_MM))
+            c = json_numbers(d["isocenter_mm"], 3)
+            sid = json_number(d.get("sid_mm", DEFAULT_SID_MM))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise XctregError(f"{name}: expected {{'isocenter_mm': [x, y, z], 'sid_mm': s}}") from None
         if len(c) != 3 or not all(math.isfinite(v) for v in [*c, sid]) or sid <= 0:
@@ -296,6 +326,13 @@ class PoseReference:
         except XctregError as exc:
             raise XctregError(f"{name}: {exc}") from None
         return cls((c[0], c[1], c[2]), sid, view)
+
+
+def json_rows(v: Any) -> list[Any]:
+    """A JSON array of rows (TypeError otherwise)."""
+    if not isinstance(v, (list, tuple, np.ndarray)):
+        raise TypeError(f"expected an array of rows, got {type(v).__name__}")
+    return list(v)
 
 
 def parse_view(view: str | Any) -> tuple[float, float, float]:
@@ -313,8 +350,8 @@ def parse_view(view: str | Any) -> tuple[float, float, float]:
     else:
         parts = list(view) if hasattr(view, "__len__") else [view]
     try:
-        vals = [float(v) for v in parts]
-    except (TypeError, ValueError):
+        vals = [float(v) for v in parts] if isinstance(view, str) else [json_number(v) for v in parts]
+    except (TypeError, ValueError, OverflowError):
         raise XctregError(f"view {view!r} must be a name or three angles VX,VY,VZ in degrees") from None
     if len(vals) != 3:
         raise XctregError(f"view {view!r} must have three angles VX,VY,VZ (degrees), got {len(vals)}")
@@ -434,14 +471,20 @@ class Pose:
             reference = PoseReference.from_dict(d["reference"], name=f"{name} reference")
         T = None
         if "T_cam_from_world" in d:
+            rows = d["T_cam_from_world"]
             try:
-                T = np.asarray(d["T_cam_from_world"], dtype=np.float64)
+                T = np.asarray([json_numbers(r) for r in json_rows(rows)], dtype=np.float64)
             except (TypeError, ValueError):
                 raise XctregError(f"{name}: T_cam_from_world must be a 4x4 array of numbers") from None
             if T.shape != (4, 4):
                 raise XctregError(f"{name}: T_cam_from_world must be 4x4, got shape {T.shape}")
             if not is_rigid(T):
                 raise XctregError(f"{name}: T_cam_from_world is not a rigid transform (orthonormal R, det 1, last row 0 0 0 1)")
+            # rigid to is_rigid's 1e-4 (e.g. printed to a few decimals): made exactly rigid, so that
+            # the params derived from it agree with it and the pose written back reads back
+            if np.abs(T[:3, :3].T @ T[:3, :3] - np.eye(3)).max() > 1e-12 or np.any(T[3] != (0.0, 0.0, 0.0, 1.0)):
+                T[:3, :3] = nearest_rotation(T[:3, :3])  # an exactly rigid matrix is kept bit for bit
+                T[3] = (0.0, 0.0, 0.0, 1.0)
         p = None
         if "params" in d:
             pd = d["params"]
@@ -449,7 +492,7 @@ class Pose:
             if missing:
                 raise XctregError(f"{name}: params is missing {', '.join(missing)}")
             try:
-                p = np.array([float(pd[k]) for k in PARAM_NAMES])
+                p = np.array([json_number(pd[k]) for k in PARAM_NAMES])
             except (TypeError, ValueError):
                 raise XctregError(f"{name}: params must be numbers") from None
             if not np.all(np.isfinite(p)):
@@ -472,6 +515,8 @@ class Pose:
                     )
             else:
                 T = Tp
+        if not np.all(np.isfinite(T)):
+            raise XctregError(f"{name}: the pose is out of range (its matrix is not finite)")
         extra = {k: v for k, v in d.items() if k not in ("T_cam_from_world", "params", "reference")}
         return cls(T, reference, extra)
 
