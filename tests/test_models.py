@@ -225,3 +225,23 @@ def test_fault_demo_script_kill_and_resume() -> None:
     out = subprocess.run(["bash", str(root / "scripts" / "fault_demo.sh")], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "bitwise equal" in out.stdout and "killed; its last checkpoint is at step" in out.stdout
+
+
+def test_checkpoint_of_another_variant_in_a_model_dir_is_refused(model_dir, tmp_path, cli) -> None:
+    """A model folder whose config.json names another variant (or size) than its checkpoint was
+    trained as: `register` refuses it in one line instead of a traceback."""
+    import shutil
+
+    from conftest import assert_one_line_error
+
+    m = tmp_path / "m"
+    shutil.copytree(model_dir / "m", m)
+    meta = json.loads((m / "config.json").read_text())
+    meta["train"]["model"]["embed_dim"] = 2 * meta["train"]["model"]["embed_dim"]
+    (m / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(XctregError, match="does not fit the model in config.json"):
+        load_model(m)
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
+    assert_one_line_error(cli("register", m, tmp_path / "x.npy", "--no-refine"), "does not fit")
