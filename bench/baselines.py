@@ -80,7 +80,7 @@ def main() -> None:
             full = reg.register(img, cam)
             record("register", full.params, time.perf_counter() - t, full.iterations, xr, shot.truth)
             t = time.perf_counter()
-            nonet = _register_from(reg, xr, np.zeros(6))
+            nonet = reg.register(img, cam, start_params=np.zeros(6))
             record("no network", nonet.params, time.perf_counter() - t, nonet.iterations, xr, shot.truth)
             print(name, {m: round(v["mtre"][-1], 2) for m, v in rows.items()}, flush=True)
         out["sets"][name] = {m: summarise(v) for m, v in rows.items()}
@@ -88,18 +88,6 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
-
-
-def _register_from(reg, xr, params: np.ndarray):  # noqa: ANN001, ANN202
-    """``Registrar.register``'s refinement (restarts, last level) from ``params`` instead of the regressor's."""
-    from xctreg.register import Regression
-
-    real = reg.regress
-    reg.regress = lambda _x: Regression(reg.space.pose(params), np.asarray(params, dtype=np.float64), 0.0)
-    try:
-        return reg.register(xr.image, xr.camera)
-    finally:
-        reg.regress = real
 
 
 def summarise(v: dict[str, list[float]]) -> dict[str, float]:

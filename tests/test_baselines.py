@@ -42,3 +42,37 @@ def test_unknown_method_is_refused(small_phantom) -> None:
 
     with pytest.raises(ValueError, match="cma-es, powell"):
         refine_derivative_free(small_phantom, np.zeros((8, 8)), Camera(1020.0, 8, 8, (40.0, 40.0)), PoseReference((0, 0, 0)), np.zeros(6), "nelder")  # type: ignore[arg-type]
+
+
+def test_evaluate_baselines_table(cli, model_dir, tmp_path) -> None:
+    """``xctreg evaluate --baselines``: every baseline is scored on the same X-rays and written to
+    metrics.json and metrics.md; it refuses --no-refine."""
+    import json
+
+    from conftest import assert_one_line_error
+    from xctreg.evaluate import BASELINES
+
+    res = cli("evaluate", model_dir / "m", "--n", "2", "--out", tmp_path / "e", "--baselines")
+    assert res.code == 0, res.err
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert list(m["baselines"]) == list(BASELINES)
+    for row in m["baselines"].values():
+        assert row["median_mtre_mm"] > 0 and row["std_mtre_mm"] >= 0 and 0 <= row["sr_10mm"] <= 1 and row["seconds_per_xray"] > 0
+    md = (tmp_path / "e" / "metrics.md").read_text()
+    assert all(name in md for name in BASELINES) and "mean ± std" in md
+    assert_one_line_error(cli("evaluate", model_dir / "m", "--n", "2", "--baselines", "--no-refine"), "--no-refine")
+
+
+def test_register_from_given_start_params(model_dir) -> None:
+    """``Registrar.register(start_params=...)`` skips the regressor: the initial pose is the one given."""
+    from xctreg.register import RefineConfig, Registrar
+
+    reg = Registrar(model_dir / "m")
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    start = np.array([1.0, -2.0, 3.0, 4.0, -5.0, 6.0])
+    r = reg.register(img, refine_pose=False, start_params=start)
+    np.testing.assert_allclose(r.initial.params, start, atol=1e-9)
+    np.testing.assert_allclose(r.params, start, atol=1e-9)
+    assert r.timing_s["regress"] == 0.0
+    r2 = reg.register(img, config=RefineConfig(sizes=(16,), iterations=(3,), restarts=0, native_search="none"), start_params=start)
+    assert r2.iterations > 0

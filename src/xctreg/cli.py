@@ -380,6 +380,7 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out poses.")] = 987_654,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
     targets: Annotated[Path | None, typer.Option("--targets", help="CSV of mTRE target points: name,x,y,z in LPS mm (SPEC §6).")] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also refine the same X-rays by CMA-ES and Powell (same levels, similarity and start) and without the network; a table in metrics.md.")] = False,
 ) -> None:
     """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
     from xctreg.evaluate import evaluate
@@ -387,6 +388,8 @@ def evaluate_cmd(
 
     if n < 1:
         raise XctregError("--n must be >= 1")
+    if baselines and no_refine:
+        raise XctregError("--baselines compares refinements; it cannot go with --no-refine")
     pts = None
     if targets is not None:
         from xctreg.project import read_points_csv
@@ -396,7 +399,7 @@ def evaluate_cmd(
     with _progress("evaluating") as bar:
         task = bar.add_task("eval", total=n)
         m = evaluate(model_dir, n, out, resolve_device(device), seed,
-                     progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine, targets=pts)  # fmt: skip
+                     progress=lambda d, t: bar.update(task, completed=d), refine=not no_refine, targets=pts, baselines=baselines)  # fmt: skip
     _echo(
         f"{n} X-rays: median mTRE {m['median_mtre_mm']:.2f} mm, SR@10mm {m['sr_10mm']:.1%}, "
         f"SR@20mm {m['sr_20mm']:.1%} ({'with refinement' if m['refine'] else 'regressor only'}); wrote {out}/metrics.json"

@@ -6,6 +6,7 @@ blur at poses drawn with a seed the training never uses, then registered.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,22 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     refine: bool = True,
     targets: np.ndarray | None = None,
+    baselines: bool = False,
 ) -> dict[str, Any]:
     """Register ``n`` held-out simulated X-rays (regression, then refinement unless ``refine`` is
     False); return (and write) the metrics.
 
     ``targets``: (N, 3) world points (LPS mm) for mTRE and mPD instead of SPEC §6's default
-    (up to 5000 CT voxels with HU > -200)."""
+    (up to 5000 CT voxels with HU > -200). ``baselines``: also refine the same X-rays by
+    ``BASELINES`` (the method's Table 2 and a start without the network), reported under
+    ``metrics["baselines"]``."""
     reg = Registrar(model_dir, device=device)
     vol = reg.ct()
     params = reg.space.sample(n, seed=seed)  # around the model's view, within its ranges
     render = Renderer(vol, reg.camera, RenderConfig(detector=DetectorConfig(photons=photons, blur_px=0.5)), reference=reg.reference)
     g = torch.Generator().manual_seed(seed)
     pred, times, sims, t_reg, t_ref = [], [], [], [], []
+    base: dict[str, dict[str, list[Any]]] = {}
     for s in range(0, n, 16):
         p = torch.as_tensor(params[s : s + 16], dtype=torch.float32)
         with torch.no_grad():
@@ -56,6 +61,12 @@ def evaluate(
             t_reg.append(r.timing_s["regress"])
             t_ref.append(r.timing_s["refine"])
             sims.append(r.similarity)
+            if baselines:
+                for name, (params_b, secs, sim) in run_baselines(reg, img).items():
+                    b = base.setdefault(name, {"params": [], "s": [], "sim": []})
+                    b["params"].append(params_b)
+                    b["s"].append(secs)
+                    b["sim"].append(sim)
         if progress is not None:
             progress(min(n, s + 16), n)
     pred_a = np.asarray(pred, dtype=np.float64)
@@ -81,6 +92,8 @@ def evaluate(
         "seconds_refine": float(np.mean(t_ref)),
         "similarity_mean": {k: float(np.mean([s[k] for s in sims])) for k in ("ncc", "ssim", "css")},
     }
+    if base:
+        metrics["baselines"] = {name: _row(reg, b, Tt, pts) for name, b in base.items()}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +103,48 @@ def evaluate(
             tmp.write_text(metrics_markdown(metrics), encoding="utf-8")
         _figures(out, params, pred_a, e)
     return metrics
+
+
+BASELINES = ("gradient, model levels", "cma-es, model levels", "powell, model levels", "no network")
+"""Rows of ``evaluate --baselines``: gradient refinement's model levels alone, CMA-ES and Powell on
+the same levels, similarity and start (``xctreg.baselines``), and ``register`` from the reference
+pose instead of the regressor's."""
+
+
+def run_baselines(reg: Registrar, img: np.ndarray) -> dict[str, tuple[np.ndarray, float, dict[str, float]]]:
+    """Each of ``BASELINES`` on one X-ray (H, W) on the model's detector: the parameters (deg,
+    mm), the seconds and {"ncc", "ssim", "css"} between the X-ray and the final DRR."""
+    from xctreg.baselines import refine_derivative_free
+    from xctreg.metrics import similarity
+    from xctreg.register import RefineConfig
+    from xctreg.register import refine as refine_levels
+
+    xr = reg.prepare(img)
+    start = reg.regress(xr).params
+    args = (reg.volume_for, xr.image, xr.camera, reg.reference, start)
+    cfg, out = RefineConfig(), {}
+    runs = {
+        BASELINES[0]: lambda: refine_levels(*args, cfg, xr.mask, reg._renderers, reg.device),
+        BASELINES[1]: lambda: refine_derivative_free(*args, "cma-es", cfg, mask=xr.mask, renderers=reg._renderers, device=reg.device),
+        BASELINES[2]: lambda: refine_derivative_free(*args, "powell", cfg, mask=xr.mask, renderers=reg._renderers, device=reg.device),
+    }
+    for name, run in runs.items():
+        t = time.perf_counter()
+        params = run().params
+        with torch.no_grad():
+            drr = reg.renderer(xr.camera)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
+        out[name] = (params, time.perf_counter() - t, similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask)))
+    r = reg.register(img, start_params=np.zeros(6))
+    out[BASELINES[3]] = (r.params, r.timing_s["total"], r.similarity)
+    return out
+
+
+def _row(reg: Registrar, b: dict[str, list[Any]], Tt: torch.Tensor, pts: torch.Tensor) -> dict[str, Any]:
+    """One baseline's summary: mTRE median, mean, std, SR@10, mean NCC/SSIM/CSS, seconds per X-ray."""
+    e = mtre(reg.space.to_matrix(torch.as_tensor(np.asarray(b["params"]))), Tt, pts).numpy()
+    return {"median_mtre_mm": float(np.median(e)), "mean_mtre_mm": float(e.mean()), "std_mtre_mm": float(e.std()),
+            "sr_10mm": float(np.mean(e < 10)), "seconds_per_xray": float(np.mean(b["s"])),
+            **{k: float(np.mean([s[k] for s in b["sim"]])) for k in ("ncc", "ssim", "css")}}  # fmt: skip
 
 
 def metrics_markdown(m: dict[str, Any]) -> str:
@@ -106,7 +161,15 @@ def metrics_markdown(m: dict[str, Any]) -> str:
     rows += [(f"bias (mean signed) {k}", f"{v:+.3f}") for k, v in m.get("param_bias", {}).items()]
     rows += [(f"mean {k.upper()}", f"{v:.3f}") for k, v in m["similarity_mean"].items()]
     rows += [("time per X-ray (regress + refine)", f"{m['seconds_per_xray']:.2f} s ({m['seconds_regress']:.3f} + {m['seconds_refine']:.2f})")]
-    return "| metric | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+    text = "| metric | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+    if m.get("baselines"):
+        text += "\n| refinement (same X-rays) | mTRE median | mean ± std (mm) | SR@10 | NCC | SSIM | CSS | s / X-ray |\n|---|---|---|---|---|---|---|---|\n"
+        text += "\n".join(
+            f"| {name} | {r['median_mtre_mm']:.2f} | {r['mean_mtre_mm']:.2f} ± {r['std_mtre_mm']:.2f} | {r['sr_10mm']:.0%} | "
+            f"{r['ncc']:.3f} | {r['ssim']:.3f} | {r['css']:.3f} | {r['seconds_per_xray']:.1f} |"
+            for name, r in m["baselines"].items()
+        ) + "\n"
+    return text
 
 
 def _figures(out: Path, true: np.ndarray, pred: np.ndarray, e: np.ndarray) -> None:

@@ -707,15 +707,22 @@ class Registrar:
         mask: np.ndarray | None = None,
         preprocess: PreprocessConfig | None = None,
         transmission: bool = False,
+        start_params: np.ndarray | None = None,
     ) -> Result:
         """Preprocess, regress, then (by default) refine one X-ray (bone bright unless ``transmission``).
 
         ``image``: an (H, W) array or a path (.npy, .png, .tif, DICOM); ``geometry``: see
-        ``prepare``; ``mask``: (H, W), 1 = use the pixel. ``Result.to_dict()`` is SPEC §5's JSON.
+        ``prepare``; ``mask``: (H, W), 1 = use the pixel. ``start_params`` (deg, mm): start
+        from these instead of the regressor's estimate (e.g. the reference pose, zeros: the
+        no-network baseline). ``Result.to_dict()`` is SPEC §5's JSON.
         """
         t0 = time.perf_counter()
         xr = self.prepare(image, geometry, mask, preprocess, transmission)
-        reg = self.regress(xr)
+        if start_params is None:
+            reg = self.regress(xr)
+        else:
+            p0 = np.asarray(start_params, dtype=np.float64).reshape(6)
+            reg = Regression(self.space.pose(p0), p0, 0.0)
         params, iters, t_ref, traj, blur_px = reg.params, 0, 0.0, np.zeros((0, 6)), None
         cam = xr.camera
         if refine_pose:
