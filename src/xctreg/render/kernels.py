@@ -125,16 +125,21 @@ def _sample_and_grad(
 
 
 @njit(cache=True, inline="always")
-def _store(out: np.ndarray, jac: np.ndarray, r: int, c: int, dt: float, a: float,
-           x: float, y: float, z: float, u: float, v: float, w: float) -> None:  # fmt: skip
-    """One ray's channel ``c``: its integral and its six derivatives, times the step."""
-    out[r, c] = a * dt
-    jac[r, c, 0] = x * dt
-    jac[r, c, 1] = y * dt
-    jac[r, c, 2] = z * dt
-    jac[r, c, 3] = u * dt
-    jac[r, c, 4] = v * dt
-    jac[r, c, 5] = w * dt
+def _add_sample(
+    acc: tuple[float, float, float, float, float, float, float], vol: np.ndarray, k0: int, j0: int, i0: int, c: int,
+    fx: float, fy: float, fz: float, gx: float, gy: float, gz: float, t: float,
+) -> tuple[float, float, float, float, float, float, float]:  # fmt: skip
+    """``acc`` (the sums of channel ``c``'s value, its gradient and t × its gradient) plus one sample."""
+    f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, c, fx, fy, fz, gx, gy, gz)
+    return (acc[0] + f, acc[1] + sx, acc[2] + sy, acc[3] + sz, acc[4] + sx * t, acc[5] + sy * t, acc[6] + sz * t)
+
+
+@njit(cache=True, inline="always")
+def _store(out: np.ndarray, jac: np.ndarray, r: int, c: int, dt: float, acc: tuple[float, float, float, float, float, float, float]) -> None:
+    """One ray's channel ``c``: its integral and its six derivatives (``_add_sample``'s sums), times the step."""
+    out[r, c] = acc[0] * dt
+    for q in range(6):
+        jac[r, c, q] = acc[q + 1] * dt
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -160,46 +165,23 @@ def march_forward_jacobian(
         ox, oy, oz = o[r, 0], o[r, 1], o[r, 2]
         dx, dy, dz = d[r, 0], d[r, 1], d[r, 2]
         # all channels in one pass over the samples (each corner's channels share a cache line);
-        # the sums are scalars so that they stay in registers
-        a0 = x0 = y0 = z0 = u0 = v0 = w0 = 0.0
-        a1 = x1 = y1 = z1 = u1 = v1 = w1 = 0.0
-        a2 = x2 = y2 = z2 = u2 = v2 = w2 = 0.0
+        # the sums are tuples of scalars, so that they stay in registers
+        acc0 = acc1 = acc2 = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         for s in range(n):
             t = t0[r] + (s + 0.5) * dt
             i0, fx, gx = _corner(ox + t * dx, ni)
             j0, fy, gy = _corner(oy + t * dy, nj)
             k0, fz, gz = _corner(oz + t * dz, nk)
-            f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 0, fx, fy, fz, gx, gy, gz)
-            a0 += f
-            x0 += sx
-            y0 += sy
-            z0 += sz
-            u0 += sx * t
-            v0 += sy * t
-            w0 += sz * t
+            acc0 = _add_sample(acc0, vol, k0, j0, i0, 0, fx, fy, fz, gx, gy, gz, t)
             if C > 1:
-                f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 1, fx, fy, fz, gx, gy, gz)
-                a1 += f
-                x1 += sx
-                y1 += sy
-                z1 += sz
-                u1 += sx * t
-                v1 += sy * t
-                w1 += sz * t
+                acc1 = _add_sample(acc1, vol, k0, j0, i0, 1, fx, fy, fz, gx, gy, gz, t)
             if C > 2:
-                f, sx, sy, sz = _sample_and_grad(vol, k0, j0, i0, 2, fx, fy, fz, gx, gy, gz)
-                a2 += f
-                x2 += sx
-                y2 += sy
-                z2 += sz
-                u2 += sx * t
-                v2 += sy * t
-                w2 += sz * t
-        _store(out, jac, r, 0, dt, a0, x0, y0, z0, u0, v0, w0)
+                acc2 = _add_sample(acc2, vol, k0, j0, i0, 2, fx, fy, fz, gx, gy, gz, t)
+        _store(out, jac, r, 0, dt, acc0)
         if C > 1:
-            _store(out, jac, r, 1, dt, a1, x1, y1, z1, u1, v1, w1)
+            _store(out, jac, r, 1, dt, acc1)
         if C > 2:
-            _store(out, jac, r, 2, dt, a2, x2, y2, z2, u2, v2, w2)
+            _store(out, jac, r, 2, dt, acc2)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
