@@ -41,8 +41,21 @@ def _corner(x: float, n: int) -> wp.vec3:
 
 
 @wp.func
-def _trilinear(vol: wp.array4d(dtype=wp.float32), k0: int, j0: int, i0: int, fx: float, fy: float, fz: float, c: int) -> float:
-    """Channel ``c`` of the volume interpolated at offset (fx, fy, fz) from corner (k0, j0, i0)."""
+def _cell(vol: wp.array4d(dtype=wp.float32), p: wp.vec3) -> wp.mat33:
+    """The interpolation cell of index-space point ``p``: rows ``_corner`` of x, y and z (on the
+    volume's ni, nj, nk samples)."""
+    return wp.matrix_from_rows(_corner(p[0], vol.shape[2]), _corner(p[1], vol.shape[1]), _corner(p[2], vol.shape[0]))
+
+
+@wp.func
+def _trilinear(vol: wp.array4d(dtype=wp.float32), cell: wp.mat33, c: int) -> float:
+    """Channel ``c`` of the volume interpolated in ``cell`` (``_cell``)."""
+    i0 = int(cell[0, 0])
+    j0 = int(cell[1, 0])
+    k0 = int(cell[2, 0])
+    fx = cell[0, 1]
+    fy = cell[1, 1]
+    fz = cell[2, 1]
     hx = 1.0 - fx
     hy = 1.0 - fy
     hz = 1.0 - fz
@@ -63,9 +76,6 @@ def march_forward(
 ):
     """out[r, c] = Σ_s vol_c(o_r + t_s d_r) Δt over the midpoint samples of [t0_r, t1_r]."""
     r = wp.tid()
-    nk = vol.shape[0]
-    nj = vol.shape[1]
-    ni = vol.shape[2]
     nc = vol.shape[3]
     a0 = float(0.0)
     a1 = float(0.0)
@@ -76,19 +86,12 @@ def march_forward(
         n = int(wp.ceil(length / step))
         dt = length / float(n)
         for s in range(n):
-            t = t0[r] + (float(s) + 0.5) * dt
-            p = o[r] + t * d[r]
-            cx = _corner(p[0], ni)
-            cy = _corner(p[1], nj)
-            cz = _corner(p[2], nk)
-            i0 = int(cx[0])
-            j0 = int(cy[0])
-            k0 = int(cz[0])
-            a0 += _trilinear(vol, k0, j0, i0, cx[1], cy[1], cz[1], 0)
+            cell = _cell(vol, o[r] + (t0[r] + (float(s) + 0.5) * dt) * d[r])
+            a0 += _trilinear(vol, cell, 0)
             if nc > 1:
-                a1 += _trilinear(vol, k0, j0, i0, cx[1], cy[1], cz[1], 1)
+                a1 += _trilinear(vol, cell, 1)
             if nc > 2:
-                a2 += _trilinear(vol, k0, j0, i0, cx[1], cy[1], cz[1], 2)
+                a2 += _trilinear(vol, cell, 2)
     out[r, 0] = a0 * dt
     if nc > 1:
         out[r, 1] = a1 * dt
@@ -122,9 +125,6 @@ def march_backward(
     """grad_o[r] = Σ_s ∇f·g Δt and grad_d[r] = Σ_s t_s ∇f·g Δt (t0, t1 and Δt held), where
     f·g is the interpolant of the channels weighted by the upstream gradient g = grad_out[r]."""
     r = wp.tid()
-    nk = vol.shape[0]
-    nj = vol.shape[1]
-    ni = vol.shape[2]
     nc = vol.shape[3]
     g = grad_out[r]
     go = wp.vec3(0.0, 0.0, 0.0)
@@ -135,16 +135,13 @@ def march_backward(
         dt = length / float(n)
         for s in range(n):
             t = t0[r] + (float(s) + 0.5) * dt
-            p = o[r] + t * d[r]
-            cx = _corner(p[0], ni)
-            cy = _corner(p[1], nj)
-            cz = _corner(p[2], nk)
-            i0 = int(cx[0])
-            j0 = int(cy[0])
-            k0 = int(cz[0])
-            fx = cx[1]
-            fy = cy[1]
-            fz = cz[1]
+            cell = _cell(vol, o[r] + t * d[r])
+            i0 = int(cell[0, 0])
+            j0 = int(cell[1, 0])
+            k0 = int(cell[2, 0])
+            fx = cell[0, 1]
+            fy = cell[1, 1]
+            fz = cell[2, 1]
             hx = 1.0 - fx
             hy = 1.0 - fy
             hz = 1.0 - fz
@@ -156,9 +153,9 @@ def march_backward(
             v101 = _weighted(vol, k0 + 1, j0, i0 + 1, g, nc)
             v011 = _weighted(vol, k0 + 1, j0 + 1, i0, g, nc)
             v111 = _weighted(vol, k0 + 1, j0 + 1, i0 + 1, g, nc)
-            sx = cx[2] * ((v100 - v000) * hy * hz + (v110 - v010) * fy * hz + (v101 - v001) * hy * fz + (v111 - v011) * fy * fz)
-            sy = cy[2] * ((v010 - v000) * hx * hz + (v110 - v100) * fx * hz + (v011 - v001) * hx * fz + (v111 - v101) * fx * fz)
-            sz = cz[2] * ((v001 - v000) * hx * hy + (v101 - v100) * fx * hy + (v011 - v010) * hx * fy + (v111 - v110) * fx * fy)
+            sx = cell[0, 2] * ((v100 - v000) * hy * hz + (v110 - v010) * fy * hz + (v101 - v001) * hy * fz + (v111 - v011) * fy * fz)
+            sy = cell[1, 2] * ((v010 - v000) * hx * hz + (v110 - v100) * fx * hz + (v011 - v001) * hx * fz + (v111 - v101) * fx * fz)
+            sz = cell[2, 2] * ((v001 - v000) * hx * hy + (v101 - v100) * fx * hy + (v011 - v010) * hx * fy + (v111 - v110) * fx * fy)
             grad = wp.vec3(sx, sy, sz) * dt
             go += grad
             gd += grad * t
