@@ -639,9 +639,7 @@ class Registrar:
                       size: int, similarity_name: str, render: RenderConfig) -> Refinement:  # fmt: skip
         """``search_depth`` on (image, mask, camera), resized to at most ``size`` px, from ``ref``'s pose."""
         t0 = time.perf_counter()
-        cam, y, mk = level_inputs(camera, torch.as_tensor(image)[None, None], torch.as_tensor(mask)[None, None], size)
-        assert mk is not None
-        r = cached_renderer(self._renderers, self.volume_for, cam, render, self.reference, self.device)
+        r, y, mk = self._level(image, mask, camera, size, render)
         if cfg.native_outliers > 0:
             with torch.no_grad():
                 drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0].cpu()
@@ -653,9 +651,14 @@ class Registrar:
     def _estimate_blur(self, image: np.ndarray, mask: np.ndarray, camera: Camera, params: np.ndarray, size: int,
                        similarity_name: str, grid_px: tuple[float, ...], render: RenderConfig) -> float:  # fmt: skip
         """``estimate_blur`` on (image, mask, camera), resized to at most ``size`` px."""
+        return estimate_blur(*self._level(image, mask, camera, size, render), params, similarity_name, grid_px)
+
+    def _level(self, image: np.ndarray, mask: np.ndarray, camera: Camera, size: int,
+               render: RenderConfig) -> tuple[Renderer, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """The (cached) renderer, image and mask of (image, mask, camera) resized to at most ``size`` px."""
         cam, y, mk = level_inputs(camera, torch.as_tensor(image)[None, None], torch.as_tensor(mask)[None, None], size)
-        r = cached_renderer(self._renderers, self.volume_for, cam, render, self.reference, self.device)
-        return estimate_blur(r, y, mk, params, similarity_name, grid_px)
+        assert mk is not None
+        return cached_renderer(self._renderers, self.volume_for, cam, render, self.reference, self.device), y, mk
 
     def check_positioner(self, positioner_deg: tuple[float, float], name: str = "X-ray") -> bool:
         """Warn (one line) when DICOM C-arm angles lie outside the model's view ± its rotation

@@ -164,6 +164,8 @@ class Renderer:
             raise XctregError("the numba backend runs on the CPU only; use backend='torch' on CUDA")
         if backend not in ("numba", "torch", "warp"):
             raise XctregError(f"render backend must be auto, numba, torch or warp, got {backend!r}")
+        self._chunk = cfg.chunk_rays  # torch backend: halved when the device runs out of memory
+        self._warned_oom = False
         self._chan_warp: torch.Tensor | None = None
         if backend == "warp":
             try:
@@ -220,7 +222,7 @@ class Renderer:
     def _march_torch(self, rays: IndexRays) -> torch.Tensor:
         """``march_torch`` in chunks of ``chunk_rays`` rays; when the device runs out of memory,
         the chunk is halved (down to 256 rays) and kept smaller for later calls, with one warning."""
-        chunk = getattr(self, "_chunk", self.config.chunk_rays)
+        chunk = self._chunk
         while True:
             try:
                 return march_torch(self.channels, rays, self.step_mm, chunk)
@@ -230,7 +232,7 @@ class Renderer:
                 chunk //= 2
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                if not getattr(self, "_warned_oom", False):
+                if not self._warned_oom:
                     warnings.warn(f"out of memory on {self.device} while rendering; using smaller ray chunks ({chunk} rays)", stacklevel=3)
                     self._warned_oom = True
                 self._chunk = chunk
