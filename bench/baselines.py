@@ -9,10 +9,13 @@ regressor's pose of the same X-ray (the last row: from the reference pose, no ne
 uses the same pyramid (32, 64, 128 px) and similarity (patch NCC) as gradient refinement's
 model levels (`register.refine`):
 
-- ``gradient``: `register.refine`, Adam steps through the differentiable renderer;
-- ``cma-es``, ``powell``: `baselines.refine_derivative_free`, forward renders only;
-- ``register``: the whole `Registrar.register` (restarts and the last level on gradient NCC);
-- ``no network``: `Registrar.register` started from the reference pose instead of the regressor's.
+The rows are ``evaluate.run_baselines``' (what `xctreg evaluate --baselines` runs) plus one:
+
+- ``gradient, model levels``: `register.refine`, Adam steps through the differentiable renderer;
+- ``cma-es, model levels``, ``powell, model levels``: `baselines.refine_derivative_free`,
+  forward renders only;
+- ``no network``: `Registrar.register` started from the reference pose instead of the regressor's;
+- ``register``: the whole `Registrar.register` (restarts and the last level on gradient NCC).
 
 Each row: mTRE median and mean ± std, SR@10, NCC / SSIM / CSS between the X-ray and the final
 DRR, renders (or steps) and seconds per X-ray. The last line printed is JSON.
@@ -42,9 +45,9 @@ def main() -> None:
 
     import realism as R
 
-    from xctreg.baselines import refine_derivative_free
-    from xctreg.metrics import mtre, similarity, target_points
-    from xctreg.register import RefineConfig, Registrar, refine
+    from xctreg.evaluate import BaselineRun, run_baselines
+    from xctreg.metrics import mtre, target_points
+    from xctreg.register import Registrar
 
     reg = Registrar(args.model_dir)
     shots, cam = R.render_shots(args.model_dir, args.n, args.seed, None)
@@ -52,36 +55,23 @@ def main() -> None:
     mub = 4.0 / float(np.quantile(np.stack([s.L_bone for s in shots]), 0.99))
     pts = torch.as_tensor(target_points(reg.ct(), 5000))
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
-    cfg = RefineConfig()
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "sets": {}}
     for name in args.sets.split(","):
         rng = R.set_rng(args.seed, name)
         imgs = [R.make_xray(s, R.set_effects(name), rng, mu, mub) for s in shots]
         rows: dict[str, dict[str, list[float]]] = {}
-
-        def record(method: str, params: np.ndarray, secs: float, work: int, xr, truth: np.ndarray) -> None:  # noqa: ANN001
-            with torch.no_grad():
-                drr = reg.renderer(xr.camera)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0]
-            sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
-            row = rows.setdefault(method, {k: [] for k in ("mtre", "ncc", "ssim", "css", "s", "work")})
-            for k, v in (("mtre", float(mtre(T(params), T(truth), pts))), ("s", secs), ("work", work), *sim.items()):
-                row[k].append(float(v))
-
         for img, shot in zip(imgs, shots, strict=True):
-            xr = reg.prepare(img, cam)
-            start = reg.regress(xr).params
-            levels = (reg.volume_for, xr.image, xr.camera, reg.reference, start)
-            r = refine(*levels, cfg, xr.mask, reg._renderers)
-            record("gradient", r.params, r.seconds, r.iterations, xr, shot.truth)
-            for method in ("cma-es", "powell"):
-                r = refine_derivative_free(*levels, method, cfg, mask=xr.mask, renderers=reg._renderers)  # type: ignore[arg-type]
-                record(method, r.params, r.seconds, r.iterations, xr, shot.truth)
+            runs = run_baselines(reg, img, cam)
             t = time.perf_counter()
             full = reg.register(img, cam)
-            record("register", full.params, time.perf_counter() - t, full.iterations, xr, shot.truth)
-            t = time.perf_counter()
-            nonet = reg.register(img, cam, start_params=np.zeros(6))
-            record("no network", nonet.params, time.perf_counter() - t, nonet.iterations, xr, shot.truth)
+            runs["register"] = BaselineRun(full.params, time.perf_counter() - t, full.similarity, full.iterations)
+            for method, run in runs.items():
+                row = rows.setdefault(method, {k: [] for k in ("mtre", "ncc", "ssim", "css", "s", "work")})
+                row["mtre"].append(float(mtre(T(run.params), T(shot.truth), pts)))
+                row["s"].append(run.seconds)
+                row["work"].append(run.work)
+                for k, v in run.similarity.items():
+                    row[k].append(float(v))
             print(name, {m: round(v["mtre"][-1], 2) for m, v in rows.items()}, flush=True)
         out["sets"][name] = {m: summarise(v) for m, v in rows.items()}
         print(markdown(name, out["sets"][name]), flush=True)

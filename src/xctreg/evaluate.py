@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from xctreg._fs import atomic_path, write_json
-from xctreg.geometry import view_name
+from xctreg.geometry import Camera, view_name
 from xctreg.metrics import mpd, mtre, param_bias, param_errors, success_rates, target_points
 from xctreg.physics import DetectorConfig
 from xctreg.register import Registrar
@@ -62,11 +63,11 @@ def evaluate(
             t_ref.append(r.timing_s["refine"])
             sims.append(r.similarity)
             if baselines:
-                for name, (params_b, secs, sim) in run_baselines(reg, img).items():
+                for name, run in run_baselines(reg, img).items():
                     b = base.setdefault(name, {"params": [], "s": [], "sim": []})
-                    b["params"].append(params_b)
-                    b["s"].append(secs)
-                    b["sim"].append(sim)
+                    b["params"].append(run.params)
+                    b["s"].append(run.seconds)
+                    b["sim"].append(run.similarity)
         if progress is not None:
             progress(min(n, s + 16), n)
     pred_a = np.asarray(pred, dtype=np.float64)
@@ -111,15 +112,24 @@ the same levels, similarity and start (``xctreg.baselines``), and ``register`` f
 pose instead of the regressor's."""
 
 
-def run_baselines(reg: Registrar, img: np.ndarray) -> dict[str, tuple[np.ndarray, float, dict[str, float]]]:
-    """Each of ``BASELINES`` on one X-ray (H, W) on the model's detector: the parameters (deg,
-    mm), the seconds and {"ncc", "ssim", "css"} between the X-ray and the final DRR."""
+@dataclass
+class BaselineRun:
+    """One baseline on one X-ray: the parameters (deg, mm), the seconds it took, {"ncc", "ssim",
+    "css"} between the X-ray and the final DRR, and its work (renders, or refinement steps)."""
+
+    params: np.ndarray
+    seconds: float
+    similarity: dict[str, float]
+    work: int
+
+
+def run_baselines(reg: Registrar, img: np.ndarray, camera: Camera | None = None) -> dict[str, BaselineRun]:
+    """Each of ``BASELINES`` on one X-ray (H, W; on ``camera``, by default the model's detector)."""
     from xctreg.baselines import refine_derivative_free
-    from xctreg.metrics import similarity
     from xctreg.register import RefineConfig
     from xctreg.register import refine as refine_levels
 
-    xr = reg.prepare(img)
+    xr = reg.prepare(img, camera)
     start = reg.regress(xr).params
     args = (reg.volume_for, xr.image, xr.camera, reg.reference, start)
     cfg, out = RefineConfig(), {}
@@ -130,12 +140,10 @@ def run_baselines(reg: Registrar, img: np.ndarray) -> dict[str, tuple[np.ndarray
     }
     for name, run in runs.items():
         t = time.perf_counter()
-        params = run().params
-        with torch.no_grad():
-            drr = reg.renderer(xr.camera)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
-        out[name] = (params, time.perf_counter() - t, similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask)))
-    r = reg.register(img, start_params=np.zeros(6))
-    out[BASELINES[3]] = (r.params, r.timing_s["total"], r.similarity)
+        r = run()
+        out[name] = BaselineRun(r.params, time.perf_counter() - t, reg.similarity_at(xr, r.params), r.iterations)
+    full = reg.register(img, camera, start_params=np.zeros(6))
+    out[BASELINES[3]] = BaselineRun(full.params, full.timing_s["total"], full.similarity, full.iterations)
     return out
 
 

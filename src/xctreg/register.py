@@ -679,6 +679,13 @@ class Registrar:
         return inside
 
     @torch.no_grad()
+    def similarity_at(self, xr: PreparedXray, params: np.ndarray) -> dict[str, float]:
+        """{"ncc", "ssim", "css"} between a prepared X-ray and the DRR at ``params`` (deg, mm) on
+        its (model) detector, inside its mask."""
+        drr = self.renderer(xr.camera)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
+        return similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
+
+    @torch.no_grad()
     def attention(self, image: np.ndarray | torch.Tensor | PreparedXray) -> np.ndarray:
         """Self-attention map of the model for one X-ray (prepared, or (H, W) bone bright on the
         model's detector), (H, W) in [0, 1] at the model's detector size."""
@@ -747,9 +754,7 @@ class Registrar:
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
             blur_px = ref.blur_px if cfg.match_blur and cfg.native_search != "none" else None
         pose = self.space.pose(params)
-        with torch.no_grad():
-            drr = self.renderer(cam)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
-        sim = similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
+        sim = self.similarity_at(xr, params)
         timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
         extra: dict[str, Any] = {"model_dir": str(self.dir.resolve()), "ct_path": self.meta.get("ct_path")}
         if blur_px is not None:  # match_blur: the X-ray's blur that the last level fitted (σ, px of its detector)
