@@ -268,3 +268,34 @@ def test_collimated_training_image_looks_like_a_prepared_xray() -> None:
         seen += 1
         assert float(inside.min()) < 0.02 and float(inside.max()) > 0.98  # stretched, not 0.25..0.75
     assert seen == 6
+
+
+def test_cylinder_chords_batched_match_brute_force() -> None:
+    """K cylinders at once (float32, as training computes them) against sampling each ray
+    every 0.005 mm, including rays that graze the surface, where the quadratic's
+    discriminant used to cancel in float32."""
+    g = torch.Generator().manual_seed(3)
+    K, R = 4, 400
+    centre = torch.randn(K, 3, generator=g, dtype=torch.float64) * 20
+    axis = torch.randn(K, 3, generator=g, dtype=torch.float64)
+    radius = torch.tensor([[0.4], [1.0], [2.5], [3.0]], dtype=torch.float64)
+    half = torch.tensor([[50.0], [20.0], [60.0], [10.0]], dtype=torch.float64)
+    src = torch.tensor([0.0, -600.0, 0.0], dtype=torch.float64).expand(K, 1, 3)
+    # aim at points on and near each cylinder's surface
+    a = axis / axis.norm(dim=-1, keepdim=True)
+    perp = torch.linalg.cross(a, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(K, 3))
+    perp = perp / perp.norm(dim=-1, keepdim=True)
+    s = torch.linspace(-1.2, 1.2, R, dtype=torch.float64)
+    target = centre[:, None] + perp[:, None] * radius[:, None] * s[None, :, None] + a[:, None] * half[:, None] * 0.3
+    d = target - src
+    d = d / d.norm(dim=-1, keepdim=True)
+    got = cylinder_chords(src.float(), d.float(), centre.float(), axis.float(), radius.float(), half.float()).double()
+    one = torch.stack([cylinder_chords(src[k], d[k], centre[k], axis[k], float(radius[k]), float(half[k])) for k in range(K)])
+    t = torch.arange(500.0, 700.0, 0.005, dtype=torch.float64)
+    for k in range(K):
+        p = src[k, 0] + d[k][:, None, :] * t[None, :, None] - centre[k]  # (R, T, 3)
+        along = p @ a[k]
+        radial = (p - along[..., None] * a[k]).norm(dim=-1)
+        brute = ((radial <= radius[k]) & (along.abs() <= half[k])).sum(-1) * 0.005
+        np.testing.assert_allclose(one[k].numpy(), brute.numpy(), atol=0.02)
+        np.testing.assert_allclose(got[k].numpy(), brute.numpy(), atol=0.02)

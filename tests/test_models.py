@@ -44,6 +44,25 @@ def test_normalisation_does_not_depend_on_the_batch() -> None:
         torch.testing.assert_close(m(x * 3 + 1)["params"], m(x)["params"], rtol=1e-3, atol=1e-4)
 
 
+def test_backbone_stops_after_the_levels_asked_for() -> None:
+    """The attention variants run the trunk only to stride 16: the same maps as the full trunk,
+    without the stride-32 stacks (which no loss reads)."""
+    m = PoseRegressor(ModelConfig(variant="A+B+C", input_size=64, embed_dim=32, heads=2)).eval()
+    x = torch.rand(2, 1, 64, 64)
+    calls = []
+    last = m.backbone._blocks[-1]
+    hook = last.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        full = m.backbone(x)
+        part = m.backbone(x, levels=4)
+        out = m(x)
+    hook.remove()
+    assert len(full) == 5 and len(part) == 4 and calls == [1]  # only the full trunk ran the last stack
+    for a, b in zip(full, part, strict=False):
+        assert torch.equal(a, b)
+    assert out["latent"].shape == (2, 32, 4, 4)
+
+
 def test_bad_variant() -> None:
     with pytest.raises(XctregError, match="variant"):
         ModelConfig(variant="B")

@@ -88,20 +88,28 @@ def _hit(g: torch.Generator, p: float, strength: float) -> bool:
 
 
 # ------------------------------------------------------------------ 3D objects
-def cylinder_chords(src: torch.Tensor, d: torch.Tensor, center: torch.Tensor, axis: torch.Tensor, radius: float, half_len: float) -> torch.Tensor:
-    """Chord length (mm) of rays src + t·d (d unit, (R, 3)) through a finite cylinder."""
-    a = (axis / axis.norm()).to(d.dtype)
-    w = (src - center).to(d.dtype).expand_as(d)
-    da = (d * a).sum(-1)
-    wa = (w * a).sum(-1)
-    dp = d - da.unsqueeze(-1) * a
-    wp = w - wa.unsqueeze(-1) * a
-    A = (dp * dp).sum(-1).clamp_min(1e-12)
-    B = 2 * (dp * wp).sum(-1)
-    C = (wp * wp).sum(-1) - radius**2
-    disc = B * B - 4 * A * C
+def cylinder_chords(
+    src: torch.Tensor, d: torch.Tensor, center: torch.Tensor, axis: torch.Tensor, radius: float | torch.Tensor, half_len: float | torch.Tensor
+) -> torch.Tensor:
+    """Chord length (mm) of rays src + t·d (d unit, (..., R, 3)) through a finite cylinder.
+
+    ``src`` is (..., 1 or R, 3); ``center`` and ``axis`` are (..., 3) and ``radius`` and
+    ``half_len`` (mm) floats or (..., 1), one per cylinder: K cylinders take rays (K, R, 3),
+    sources (K, 1, 3), centres and axes (K, 3), radii and half lengths (K, 1)."""
+    a = (axis / axis.norm(dim=-1, keepdim=True)).to(d.dtype).unsqueeze(-1)  # (..., 3, 1)
+    w = (src - center.unsqueeze(-2)).to(d.dtype)  # (..., 1 or R, 3)
+    da = (d @ a).squeeze(-1)  # products with matmul: sums over a last axis of 3 are slow
+    wa = (w @ a).squeeze(-1)
+    m = torch.linalg.cross(w, a.transpose(-1, -2).expand_as(w))  # |d⊥ × w⊥| = |d·(w × a)|
+    if w.shape[-2] == 1:
+        dw, dm = (d @ w.transpose(-1, -2)).squeeze(-1), (d @ m.transpose(-1, -2)).squeeze(-1)
+    else:
+        dw, dm = (d * w).sum(-1), (d * m).sum(-1)
+    A = (1.0 - da * da).clamp_min(1e-12)  # |d⊥|², d unit
+    half_b = dw - da * wa  # d⊥·w⊥
+    disc = A * radius**2 - dm * dm  # (d⊥·w⊥)² - |d⊥|²(|w⊥|² - r²), without its cancellation
     sq = disc.clamp_min(0).sqrt()
-    t1, t2 = (-B - sq) / (2 * A), (-B + sq) / (2 * A)
+    t1, t2 = (-half_b - sq) / A, (-half_b + sq) / A
     safe = torch.where(da.abs() < 1e-12, torch.full_like(da, 1e-12), da)
     s1, s2 = (-half_len - wa) / safe, (half_len - wa) / safe
     t3, t4 = torch.minimum(s1, s2), torch.maximum(s1, s2)
@@ -111,21 +119,17 @@ def cylinder_chords(src: torch.Tensor, d: torch.Tensor, center: torch.Tensor, ax
 
 
 def box_chords(src: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Chord length (mm) of rays through an axis-aligned box [lo, hi] (world mm)."""
+    """Chord length (mm) of rays through an axis-aligned box [lo, hi] (world mm); leading
+    dimensions broadcast like ``cylinder_chords``'."""
     t0, t1 = ray_box_interval(src, d, lo, hi)
     return (t1 - t0).clamp_min(0)
 
 
-def random_objects(
-    T: torch.Tensor, camera: Camera, isocenter: torch.Tensor, body_half_mm: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
-) -> torch.Tensor:
-    """Line integrals (B, 3, H, W) g/cm² of random instruments and a table edge, per pose T (B, 4, 4)."""
-    B, dev = T.shape[0], T.device
-    out = torch.zeros(B, 3, camera.height, camera.width, dtype=torch.float64, device=dev)
-    uv = pixel_grid(camera, dtype=torch.float64, device=dev)
-    src, dirs = backproject(uv, T.double(), camera)
-    iso = isocenter.double().cpu()  # the draws stay on the CPU generator; chords run on T's device
-    half = body_half_mm.double().cpu()
+def _draw_objects(B: int, iso: torch.Tensor, half: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[list, list]:
+    """The random instruments and table edges of B images, drawn from ``g`` (float64, CPU):
+    cylinders as (image, centre (3,), axis (3,), radius mm, half length mm) and tables as
+    (image, lo (3,), hi (3,)) in world mm."""
+    cylinders, tables = [], []
     for b in range(B):
         if _hit(g, cfg.p_objects, cfg.strength):
             for _ in range(1 + int(_u(g) * cfg.max_objects)):
@@ -134,15 +138,45 @@ def random_objects(
                 ln = _u(g, *length)
                 c = iso + half * 0.6 * (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1)
                 ax = torch.randn(3, generator=g, dtype=torch.float64)
-                chord = cylinder_chords(src[b], dirs[b], c.to(dev), ax.to(dev), r, ln / 2)
-                out[b, 2] += (chord * 0.1 * TITANIUM_AS_BONE).reshape(camera.height, camera.width)
+                cylinders.append((b, c, ax, r, ln / 2))
         if _hit(g, cfg.p_table, cfg.strength):
             y0 = float(iso[1] + half[1] * _u(g, 0.7, 1.0))
             lo = torch.tensor([iso[0] - 250, y0, iso[2] - 1000], dtype=torch.float64)
             hi = torch.tensor([iso[0] + 250, y0 + _u(g, 10, 30), iso[2] + 1000], dtype=torch.float64)
-            chord = box_chords(src[b], dirs[b], lo.to(dev), hi.to(dev))
-            out[b, 1] += (chord * 0.1 * TABLE_AS_SOFT).reshape(camera.height, camera.width)
-    return out
+            tables.append((b, lo, hi))
+    return cylinders, tables
+
+
+def random_objects(
+    T: torch.Tensor, camera: Camera, isocenter: torch.Tensor, body_half_mm: torch.Tensor, cfg: AugmentConfig, g: torch.Generator
+) -> torch.Tensor:
+    """Line integrals (B, 3, H, W) g/cm² of random instruments and a table edge, per pose T (B, 4, 4).
+
+    The objects are drawn per image, then all their chords are computed in one batch."""
+    B, dev = T.shape[0], T.device
+    out = torch.zeros(B, 3, camera.height * camera.width, dtype=torch.float32, device=dev)
+    cylinders, tables = _draw_objects(B, isocenter.double().cpu(), body_half_mm.double().cpu(), cfg, g)
+    if not cylinders and not tables:
+        return out.reshape(B, 3, camera.height, camera.width)
+    # float32 (chords to about 1e-3 mm) and only the images that have objects: half the time of float64
+    used = sorted({c[0] for c in cylinders} | {t[0] for t in tables})
+    row = {b: k for k, b in enumerate(used)}
+    uv = pixel_grid(camera, dtype=torch.float32, device=dev)
+    src, dirs = backproject(uv, T[used].float(), camera)  # (U, 3), (U, R, 3)
+    src = src - isocenter.to(dev, torch.float32)  # chords relative to the isocentre: small numbers
+    if cylinders:
+        k = torch.tensor([row[c[0]] for c in cylinders], device=dev)
+        col = lambda i: torch.stack([torch.as_tensor(c[i], dtype=torch.float64) for c in cylinders]).float().to(dev)  # noqa: E731
+        centre = col(1) - isocenter.to(dev, torch.float32)
+        chord = cylinder_chords(src[k].unsqueeze(1), dirs[k], centre, col(2), col(3)[:, None], col(4)[:, None])
+        out[:, 2].index_add_(0, torch.tensor([c[0] for c in cylinders], device=dev), chord * (0.1 * TITANIUM_AS_BONE))
+    if tables:
+        k = torch.tensor([row[t[0]] for t in tables], device=dev)
+        lo = torch.stack([t[1] for t in tables]).float().to(dev).unsqueeze(1) - isocenter.to(dev, torch.float32)
+        hi = torch.stack([t[2] for t in tables]).float().to(dev).unsqueeze(1) - isocenter.to(dev, torch.float32)
+        chord = box_chords(src[k].unsqueeze(1), dirs[k], lo, hi)
+        out[:, 1].index_add_(0, torch.tensor([t[0] for t in tables], device=dev), chord * (0.1 * TABLE_AS_SOFT))
+    return out.reshape(B, 3, camera.height, camera.width)
 
 
 # ------------------------------------------------------------------ physics
@@ -180,10 +214,13 @@ def heel_per_sample(intensity: torch.Tensor, amount: torch.Tensor, along_rows: t
     return intensity * (1.0 + amount.to(dev, dt).reshape(B, 1, 1) * ramp).unsqueeze(1)
 
 
-def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, pixel_scale: float = 1.0) -> torch.Tensor:
     """Attenuation images (B, 1, H, W) from line integrals with random tube, contrast and detector.
 
-    The settings are drawn per image from ``g``; the images are then computed as one batch."""
+    The settings are drawn per image from ``g``; the images are then computed as one batch.
+    ``pixel_scale``: the detector pixels the settings are drawn for, per pixel of ``L`` (0.5
+    when ``L`` was averaged 2 x 2): blur sigmas shrink by it and photon counts per pixel grow
+    by its inverse square, so the image is the one the finer detector would give, averaged."""
     s, B = cfg.strength, L.shape[0]
     spectra, bone, heel_amt, heel_rows, photons, blur, scatter = [], [], [], [], [], [], []
     for _ in range(B):
@@ -196,8 +233,8 @@ def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Te
         if _hit(g, cfg.p_noise, s):
             lo, hi = math.log(cfg.photons_range[0]), math.log(cfg.photons_range[1])
             n0 = math.exp(hi - s * (hi - lo) * _u(g))
-        photons.append(n0)
-        blur.append(s * _u(g, 0, cfg.blur_px_max))
+        photons.append(n0 / pixel_scale**2)
+        blur.append(s * _u(g, 0, cfg.blur_px_max) * pixel_scale)
         scatter.append(s * _u(g, 0, cfg.scatter_max))
     L = L.float()
     scale = torch.tensor(bone, dtype=L.dtype, device=L.device).reshape(B, 1, 1, 1)
@@ -243,8 +280,11 @@ def field_mask(
     return keep
 
 
-def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Image-level augmentations on [0, 1] images (B, 1, H, W); returns [0, 1] images."""
+def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, pixel_scale: float = 1.0) -> torch.Tensor:
+    """Image-level augmentations on [0, 1] images (B, 1, H, W); returns [0, 1] images.
+
+    ``pixel_scale`` as in ``physics``: blur and sharpening sigmas (pixels) and the Gaussian
+    noise's standard deviation scale with it."""
     import kornia
 
     s = cfg.strength
@@ -258,12 +298,12 @@ def image_level(img: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
         if _hit(g, cfg.p_clahe, s):
             x = kornia.enhance.equalize_clahe(x.clamp(0, 1), clip_limit=_u(g, 1.0, 4.0), grid_size=(4, 4))
         if _hit(g, cfg.p_blur, s):
-            x = kornia.filters.gaussian_blur2d(x, (7, 7), (_u(g, 0.5, 1.5),) * 2, border_type="replicate")
+            x = kornia.filters.gaussian_blur2d(x, (7, 7), (_u(g, 0.5, 1.5) * pixel_scale,) * 2, border_type="replicate")
         elif _hit(g, cfg.p_sharpen, s):
-            sig = _u(g, 0.8, 2.0)
+            sig = _u(g, 0.8, 2.0) * pixel_scale
             x = x + _u(g, 0.3, 1.0) * (x - kornia.filters.gaussian_blur2d(x, (9, 9), (sig, sig), border_type="replicate"))
         if _hit(g, cfg.p_gauss_noise, s):
-            x = x + _u(g, 0.005, 0.04) * torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
+            x = x + _u(g, 0.005, 0.04) * pixel_scale * torch.randn(x.shape, generator=g, dtype=x.dtype, device=g.device).to(x.device)
         if _hit(g, cfg.p_saturate, s):
             x = x.clamp(max=_u(g, 0.85, 0.98))
         x = normalize(x.clamp(-1, 2))
@@ -293,15 +333,23 @@ def augment(
     camera: Camera | None = None,
     isocenter: torch.Tensor | None = None,
     body_half_mm: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Full augmentation: (B, 3, H, W) g/cm² line integrals -> [0, 1] images (B, 1, H, W).
 
     With ``T``, ``camera``, ``isocenter`` and ``body_half_mm``, random 3D objects are added.
+    ``size``: return (B, 1, size, size) images. The objects are added at H x W, then the line
+    integrals are averaged to ``size`` and the physics and image effects run there, as a
+    detector of H x W pixels would show them averaged (about 4x cheaper at half the size).
     """
     L = L.float()
     if T is not None and camera is not None and isocenter is not None and body_half_mm is not None and cfg.strength > 0:
         L = L + random_objects(T, camera, isocenter, body_half_mm, cfg, g).float()
-    return image_level(normalize(physics(L, cfg, g)), cfg, g)
+    scale = 1.0
+    if size is not None and (size, size) != tuple(L.shape[-2:]):
+        scale = size / math.sqrt(L.shape[-2] * L.shape[-1])
+        L = torch.nn.functional.interpolate(L, size=(size, size), mode="area")
+    return image_level(normalize(physics(L, cfg, g, scale)), cfg, g, scale)
 
 
 def clean_image(L: torch.Tensor) -> torch.Tensor:

@@ -163,14 +163,17 @@ class EfficientNetB0Features(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, in_channels, H, W) -> five feature maps, strides 2 to 32 (see the class docstring)."""
+    def forward(self, x: torch.Tensor, levels: int | None = None) -> list[torch.Tensor]:
+        """(B, in_channels, H, W) -> five feature maps, strides 2 to 32 (see the class docstring),
+        or only the first ``levels`` of them: the stacks after the last one asked for are not run."""
         x = F.silu(self._bn0(self._conv_stem(_pad(x, self.stem_padding))))
-        feats = []
+        feats: list[torch.Tensor] = []
         for s, stack in enumerate(self._blocks):
             x = stack(x)
             if s in self.extract_after:
                 feats.append(x)
+                if levels is not None and len(feats) >= levels:
+                    break
         return feats
 
 

@@ -145,8 +145,9 @@ class PoseRegressor(nn.Module):
         cfg = self.config
         if x.shape[-2:] != (cfg.input_size, cfg.input_size):
             x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode="area")
-        feats = self.backbone(self.standardize(x))
-        z = self.proj(feats[-2])  # (B, D, S/16, S/16): the shared latent
+        # the attention variants read only the stride-16 map: the stride-32 stacks are skipped
+        feats = self.backbone(self.standardize(x), levels=4 if cfg.use_attention else None)
+        z = self.proj(feats[3])  # (B, D, S/16, S/16): the shared latent
         out: dict[str, torch.Tensor] = {"latent": z}
         if cfg.use_attention:
             tokens = z.flatten(2).transpose(1, 2) + self.pos()
