@@ -9,7 +9,11 @@ import pytest
 
 from conftest import assert_one_line_error
 from xctreg.geometry import Camera, read_pose
+from xctreg.errors import XctregError
 from xctreg.io import read_xray, write_volume
+from xctreg.physics import DetectorConfig
+from xctreg.render import RenderConfig
+from xctreg.simulate import SimulateConfig
 
 P = {"params": {"rx_deg": 5, "ry_deg": -3, "rz_deg": 10, "tx_mm": 5, "ty_mm": 0, "tz_mm": 20}}
 
@@ -72,6 +76,29 @@ def test_simulate_bad_input(cli, tmp_path, ct_path, geom) -> None:
     assert_one_line_error(res, "unsupported")
     assert not list(tmp_path.glob("x.*"))
     assert_one_line_error(cli("simulate", ct_path, "--random", "2", "--out", tmp_path / "d", "--device", "cuda:7"), "cuda")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "make"),
+    [
+        ("--kvp", "300", lambda: RenderConfig(kvp=300.0)),
+        ("--al-mm", "-1", lambda: RenderConfig(al_mm=-1.0)),
+        ("--mode", "bogus", lambda: RenderConfig(mode="bogus")),  # type: ignore[arg-type]
+        ("--photons", "-5", lambda: DetectorConfig(photons=-5.0)),
+        ("--blur-px", "-1", lambda: DetectorConfig(blur_px=-1.0)),
+        ("--scatter", "2", lambda: DetectorConfig(scatter_fraction=2.0)),
+        ("--sid-mm", "-5", lambda: SimulateConfig(sid_mm=-5.0)),
+    ],
+)
+def test_api_and_cli_refuse_the_same_settings(cli, tmp_path, ct_path, geom, flag, value, make) -> None:
+    """The range checks live in the config dataclasses: the Python API and the command line
+    refuse the same values, with one line that names the flag."""
+    with pytest.raises(XctregError, match=flag):
+        make()
+    (tmp_path / "p.json").write_text(json.dumps(P))
+    res = cli("simulate", ct_path, "--geometry", geom, "--pose", tmp_path / "p.json", "--out", tmp_path / "x.npy", flag, value)
+    assert_one_line_error(res, flag)
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_simulate_refuses_bad_physics_options(cli, tmp_path, ct_path, geom) -> None:

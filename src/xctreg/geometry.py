@@ -1,13 +1,13 @@
 """C-arm geometry: camera intrinsics, pose parameters, projection and rays.
 
-Frames and units (SPEC §2-4):
+Frames and units (explained with pictures in docs/geometry.md):
 
 * world: the CT's LPS space in mm (x Left, y Posterior, z Superior);
 * camera: X-ray source at the origin, principal ray +z, detector plane z = sdd;
   image row r / column k has pixel coordinates (u, v) = (k, r);
 * pose: ``T_cam_from_world`` (4x4, mm), x_cam = R x_world + t;
 * parameters (rx, ry, rz in degrees, tx, ty, tz in mm) relative to a reference
-  view (SPEC §4.1; AP by default, R_view = I):
+  view, the C-arm direction (vx, vy, vz) in degrees (AP by default, R_view = I):
   x_cam = Rz(rz) Ry(ry) Rx(rx) R_view R_ap (x_world - c) + (tx, ty, sid + tz),
   R_view = Rz(vz) Ry(vy) Rx(vx).
 
@@ -30,13 +30,15 @@ import torch
 
 from xctreg._fs import read_json, write_json
 from xctreg.errors import XctregError
+from xctreg.presets import DEFAULT_SDD_MM, DEFAULT_SID_MM, PRESET_DETECTORS
 
 PARAM_NAMES = ("rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm")
 PARAM_UNITS = ("deg", "deg", "deg", "mm", "mm", "mm")
 #: Where the rotations (deg) and the translations (mm) sit in a parameter vector.
 ROT, TRANS = slice(0, 3), slice(3, 6)
 
-#: Named reference views (SPEC §4.1): (vx, vy, vz) in degrees, named by where the source is.
+#: Named reference views, the C-arm directions parameters are relative to: (vx, vy, vz) in degrees,
+#: named by where the source is.
 VIEWS: dict[str, tuple[float, float, float]] = {
     "ap": (0.0, 0.0, 0.0),
     "pa": (0.0, 180.0, 0.0),
@@ -49,14 +51,13 @@ VIEWS: dict[str, tuple[float, float, float]] = {
 #: camera z = posterior (source anterior of the patient, beam goes A->P).
 R_AP = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
 
-DEFAULT_SDD_MM = 1020.0
-DEFAULT_SID_MM = 750.0
 
 
 # --------------------------------------------------------------------------- camera
 @dataclass(frozen=True)
 class Camera:
-    """Pinhole C-arm camera (SPEC §3), built from the geometry JSON.
+    """Pinhole C-arm camera, built from the geometry JSON: source at the origin, +z along the beam to
+    the detector plane z = sdd, u = column, v = row (pixel centres at integers), image seen from the source.
 
     Attributes:
         sdd_mm: source-to-detector distance (mm).
@@ -189,8 +190,12 @@ def validate_camera_fields(
             )
 
 
+#: The preset cameras, by name (paper 256² at 1.6 mm, quick 128² at 3.2 mm; sdd 1020 mm).
+PRESET_CAMERAS: dict[str, Camera] = {k: Camera(DEFAULT_SDD_MM, h, w, px) for k, (h, w, px) in PRESET_DETECTORS.items()}
+
+
 def read_camera(path: str | os.PathLike[str]) -> Camera:
-    """Read and validate a geometry JSON file (SPEC §5)."""
+    """Read and validate a geometry JSON file (sdd_mm, height, width, pixel_spacing_mm [dy, dx], principal_point_px)."""
     return Camera.from_dict(read_json(path, "geometry JSON"), name=f"geometry {os.fspath(path)}")
 
 
@@ -276,7 +281,7 @@ def is_rigid(T: np.ndarray, tol: float = 1e-4) -> bool:
 # --------------------------------------------------------------------------- pose parameters
 @dataclass(frozen=True)
 class PoseReference:
-    """The reference view that parameters are relative to (SPEC §4, §4.1).
+    """The reference view that parameters are relative to: isocenter, sid and C-arm direction.
 
     Attributes:
         isocenter_mm: c, the point the C-arm turns about (world LPS mm).
@@ -288,6 +293,11 @@ class PoseReference:
     sid_mm: float = DEFAULT_SID_MM
     view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     _rotation: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def centred_on(cls, volume: Any, sid_mm: float = DEFAULT_SID_MM, view_deg: Any = (0.0, 0.0, 0.0)) -> PoseReference:
+        """The reference whose isocenter is the centre of ``volume`` (a CT ``Volume``, world mm)."""
+        return cls(tuple(float(v) for v in volume.center), sid_mm, view_deg)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         vals = [*self.isocenter_mm, self.sid_mm]
@@ -336,7 +346,8 @@ def json_rows(v: Any) -> list[Any]:
 
 
 def parse_view(view: str | Any) -> tuple[float, float, float]:
-    """A view (SPEC §4.1) from a name (ap, pa, lat-left, lat-right), "VX,VY,VZ" or 3 numbers (degrees).
+    """A view, the C-arm direction (vx, vy, vz) in degrees that pose parameters are relative to, from
+    a name (ap, pa, lat-left, lat-right: where the source is), "VX,VY,VZ" or 3 numbers (degrees).
 
     Each angle must be finite and within [-180, 180].
     """
@@ -460,7 +471,8 @@ class Pose:
 
     @classmethod
     def from_dict(cls, d: Any, reference: PoseReference | None = None, name: str = "pose") -> Pose:
-        """Parse a pose JSON object (SPEC §5). Needs the matrix or the params (+ a reference).
+        """Parse a pose JSON object (``T_cam_from_world``, ``params``, ``reference``). Needs the matrix
+        or the params (+ a reference).
 
         ``reference`` is used when the object has none. Matrix and params, when
         both present, must agree to 1e-6 (rotation entries; translation relative).
@@ -522,7 +534,7 @@ class Pose:
 
 
 def read_pose(path: str | os.PathLike[str], reference: PoseReference | None = None) -> Pose:
-    """Read and validate a pose JSON file (SPEC §5)."""
+    """Read and validate a pose JSON file (``T_cam_from_world`` and/or ``params``, ``reference``)."""
     return Pose.from_dict(read_json(path, "pose JSON"), reference=reference, name=f"pose {os.fspath(path)}")
 
 
@@ -549,7 +561,7 @@ def project(points_world: torch.Tensor, T: torch.Tensor, camera: Camera) -> tupl
 
 
 def projection_matrix(T: Any, camera: Camera) -> np.ndarray:
-    """The 3x4 projection matrix P = K [R | t] (pixels, SPEC §3 and §5's ``projection_matrix``).
+    """The 3x4 projection matrix P = K [R | t] (pixels; the result JSON's ``projection_matrix``).
 
     For a world point x (LPS mm), P·(x, 1) = z·(u, v, 1): u is the column and v the row of
     the pixel (pixel centres at integers), z the depth along the beam (mm).
@@ -604,7 +616,7 @@ def translation_error_mm(T_a: torch.Tensor, T_b: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PoseRanges:
-    """Closed sampling ranges (low, high) per parameter: degrees and mm (SPEC §4 defaults)."""
+    """Closed sampling ranges (low, high) per parameter: degrees and mm (defaults ±15°, ±30 mm, tz ±50 mm)."""
 
     rx_deg: tuple[float, float] = (-15.0, 15.0)
     ry_deg: tuple[float, float] = (-15.0, 15.0)
@@ -653,7 +665,7 @@ class PoseRanges:
 
 
 def parse_ranges(text: str) -> PoseRanges:
-    """``--ranges RX,RY,RZ,TX,TY,TZ``: six positive half-widths in degrees and mm (SPEC §4.1)."""
+    """``--ranges RX,RY,RZ,TX,TY,TZ``: six positive half-widths of the sampling ranges, in degrees and mm."""
     parts = [t for t in str(text).replace(" ", "").split(",")]
     try:
         vals = [float(t) for t in parts]
@@ -678,7 +690,7 @@ def sample_params(n: int, ranges: PoseRanges | None = None, seed: int | None = 0
 # --------------------------------------------------------------------------- the parameterisation
 @dataclass(frozen=True)
 class PoseSpace:
-    """The pose parameterisation, in one place (SPEC §4, §4.1).
+    """The pose parameterisation, in one place (see docs/geometry.md).
 
     Parameters are (rx, ry, rz) in degrees and (tx, ty, tz) in mm, small deltas
     around the reference view: T = [Rz(rz) Ry(ry) Rx(rx) R_view R_ap | ...], so
@@ -755,14 +767,14 @@ def view_rotation_delta(view_a: tuple[float, float, float], view_b: tuple[float,
 
 # --------------------------------------------------------------------------- DICOM positioner angles
 def positioner_to_view(primary_deg: float, secondary_deg: float) -> tuple[float, float, float]:
-    """SPEC view (vx, vy, vz) of a C-arm at DICOM positioner angles (XA/RF positioner module).
+    """The view (vx, vy, vz, degrees) of a C-arm at DICOM positioner angles (XA/RF positioner module).
 
     DICOM gives the position of the image detector (intensifier) about the patient:
     ``PositionerPrimaryAngle`` from RAO (-) to LAO (+), 0 with the detector over the
     patient's chest (anterior); ``PositionerSecondaryAngle`` from CAU (-) to CRA (+).
     The beam runs from the source to the detector, along
     d = (sin a cos b, -cos a cos b, sin b) in LPS. So (0, 0) is a posterior-anterior
-    beam: the SPEC ``pa`` view (0, 180, 0); LAO 90 (detector on the patient's left)
+    beam: the ``pa`` view (0, 180, 0); LAO 90 (detector on the patient's left)
     is ``lat-right`` (source on the right); RAO 90 is ``lat-left``.
 
     DICOM leaves the in-plane rotation of the image open; the view returned keeps
@@ -809,7 +821,7 @@ def image_orientation_check(R: Any, patient_orientation: tuple[str, str]) -> str
     """Compare a DICOM PatientOrientation with the image axes of a camera rotation (world -> camera).
 
     Returns None when they agree, else a one-line description: the image is mirrored
-    left-right or top-bottom, turned 180°, or its axes differ. The SPEC camera's rows run
+    left-right or top-bottom, turned 180°, or its axes differ. The xctreg camera's rows run
     along camera +x and its columns along camera +y.
     """
     R = np.asarray(R, dtype=np.float64)
@@ -829,7 +841,7 @@ def image_orientation_check(R: Any, patient_orientation: tuple[str, str]) -> str
     else:
         kind = "not oriented like the model's view"
     return (f"the image is {kind}: PatientOrientation says rows run towards {got[0]} and columns towards {got[1]}, "
-            f"the camera expects {want[0]} and {want[1]} (SPEC §3: the image as seen from the source)")
+            f"the camera expects {want[0]} and {want[1]} (the image as seen from the source, looking along the beam)")
 
 
 def view_to_positioner(view_deg: tuple[float, float, float]) -> tuple[float, float]:

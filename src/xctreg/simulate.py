@@ -1,7 +1,8 @@
-"""Simulated X-rays (DRRs) of a CT at given or random poses, written to disk (SPEC §1)."""
+"""Simulated X-rays (DRRs) of a CT at given or random poses, written to disk (.npy, 16-bit .png, .tiff or .dcm)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,17 +11,12 @@ from pathlib import Path
 import torch
 
 from xctreg._fs import write_json
-from xctreg.geometry import Camera, Pose, PoseRanges, PoseReference, PoseSpace, rotation_to_positioner
+from xctreg.geometry import DEFAULT_SID_MM, PRESET_CAMERAS, Camera, Pose, PoseRanges, PoseReference, PoseSpace, rotation_to_positioner  # noqa: F401 - PRESET_CAMERAS re-exported
 from xctreg.io.volume import Volume
 from xctreg.io.xray import XRAY_SUFFIXES, write_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.errors import XctregError
 
-#: The SPEC presets: paper 256² at 1.6 mm, quick 128² at 3.2 mm; sdd 1020 mm.
-PRESET_CAMERAS = {
-    "paper": Camera(1020.0, 256, 256, (1.6, 1.6)),
-    "quick": Camera(1020.0, 128, 128, (3.2, 3.2)),
-}
 
 
 @dataclass(frozen=True)
@@ -28,14 +24,18 @@ class SimulateConfig:
     """What to render: the renderer config, the source-isocenter distance and the seed."""
 
     render: RenderConfig = field(default_factory=RenderConfig)
-    sid_mm: float = 750.0
+    sid_mm: float = DEFAULT_SID_MM
     seed: int = 0
     sop: str = "dx"
     view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sid_mm) and self.sid_mm > 0):
+            raise XctregError(f"sid_mm (--sid-mm) must be positive, got {self.sid_mm:g}")
+
     def reference(self, volume: Volume) -> PoseReference:
-        """The reference view of the parameters: the CT's centre, ``sid_mm`` and ``view_deg`` (SPEC §4.1)."""
-        return PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
+        """The reference view of the parameters: the CT's centre, ``sid_mm`` and ``view_deg`` (the C-arm direction)."""
+        return PoseReference.centred_on(volume, self.sid_mm, self.view_deg)
 
 
 def pose_json_path(image_path: Path) -> Path:

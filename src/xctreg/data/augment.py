@@ -32,6 +32,7 @@ from xctreg.geometry import Camera, backproject, pixel_grid
 from xctreg.io.volume import Volume
 from xctreg.physics.detector import DetectorConfig, apply_detector_per_sample, beer_lambert, beer_lambert_per_sample
 from xctreg.physics.spectrum import Spectrum, tube_spectrum
+from xctreg.render.drr import RenderConfig
 from xctreg.render.rays import ray_box_interval
 
 #: Equivalent density (g/cm³ of the bone channel) of titanium: ρ 4.5, μ/ρ close to bone's.
@@ -181,13 +182,18 @@ def random_objects(
 
 # ------------------------------------------------------------------ physics
 _SPECTRA: dict[int, Spectrum] = {}
+#: The tube of the clean training image and the centre of the kVp draws: the renderer's default
+#: (90 kVp, 4 mm Al), so training images and rendered DRRs share one spectrum.
+TUBE = RenderConfig()
+#: Energy bins of the training spectra: 6, not the renderer's 8 (one Beer–Lambert per image per step).
+TRAIN_BINS = 6
 
 
 def _spectrum(kvp: float) -> Spectrum:
     """Spectra on a 5 kV grid (spekpy takes ~0.3 s per spectrum; 11 cover 70-120 kVp)."""
     k = int(5 * round(kvp / 5))
     if k not in _SPECTRA:
-        _SPECTRA[k] = tube_spectrum(float(k), 4.0, 6)
+        _SPECTRA[k] = tube_spectrum(float(k), TUBE.al_mm, TRAIN_BINS)
     return _SPECTRA[k]
 
 
@@ -224,7 +230,7 @@ def physics(L: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, pixel_scale
     s, B = cfg.strength, L.shape[0]
     spectra, bone, heel_amt, heel_rows, photons, blur, scatter = [], [], [], [], [], [], []
     for _ in range(B):
-        spectra.append(_spectrum(90.0 + s * (_u(g, *cfg.kvp_range) - 90.0)))
+        spectra.append(_spectrum(TUBE.kvp + s * (_u(g, *cfg.kvp_range) - TUBE.kvp)))
         bone.append(1.0 + s * (_u(g, *cfg.bone_scale_range) - 1.0))
         on = _hit(g, cfg.p_heel, s)
         heel_amt.append(s * _u(g, -cfg.heel_max, cfg.heel_max) if on else 0.0)
@@ -353,8 +359,8 @@ def augment(
 
 
 def clean_image(L: torch.Tensor) -> torch.Tensor:
-    """The un-augmented image: 90 kVp, no detector effects, normalised to [0, 1]."""
-    return normalize(-torch.log(beer_lambert(L.float(), _spectrum(90.0)).clamp_min(1e-12)))
+    """The un-augmented image: the renderer's default tube (``TUBE``), no detector effects, normalised to [0, 1]."""
+    return normalize(-torch.log(beer_lambert(L.float(), _spectrum(TUBE.kvp)).clamp_min(1e-12)))
 
 
 def preview_rows(volume: Volume, camera: Camera, n: int = 8, strength: float = 1.0, seed: int = 0) -> list[list[np.ndarray]]:

@@ -8,7 +8,7 @@ drawn, so every epoch sees new kVp, noise, objects and artefacts.
 Layout of a dataset folder::
 
     meta.json                 what was generated (and must match to resume)
-    poses_{split}.npy         (N, 6) parameters, deg and mm (SPEC §4)
+    poses_{split}.npy         (N, 6) parameters rx ry rz tx ty tz, deg and mm, relative to the reference view
     {split}/shard_00000.npy   (n, 3, H, W) float16, memory-mapped on load
 """
 
@@ -28,7 +28,7 @@ import torch
 from xctreg._fs import atomic_path, read_json, sha256_file, write_json
 from xctreg.data.poses import SplitConfig, make_splits
 from xctreg.errors import XctregError
-from xctreg.geometry import Camera, PoseReference
+from xctreg.geometry import DEFAULT_SID_MM, PRESET_CAMERAS, Camera, PoseReference
 from xctreg.io.volume import Volume
 from xctreg.render import RenderConfig, Renderer
 
@@ -40,17 +40,17 @@ SPLITS = ("train", "val", "test")
 class DataConfig:
     """A cached dataset: camera, pose splits, render settings and shard layout."""
 
-    camera: Camera = field(default_factory=lambda: Camera(1020.0, 128, 128, (3.2, 3.2)))
+    camera: Camera = field(default_factory=lambda: PRESET_CAMERAS["quick"])
     splits: SplitConfig = field(default_factory=SplitConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
-    sid_mm: float = 750.0
+    sid_mm: float = DEFAULT_SID_MM
     view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     shard_size: int = 256
     batch: int = 16
 
     def reference(self, volume: Volume) -> PoseReference:
-        """The reference view of the poses: the CT's centre, ``sid_mm`` and ``view_deg`` (SPEC §4.1)."""
-        return PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
+        """The reference view of the poses: the CT's centre, ``sid_mm`` and ``view_deg`` (the C-arm direction)."""
+        return PoseReference.centred_on(volume, self.sid_mm, self.view_deg)
 
     def bytes_per_sample(self) -> int:
         return 3 * self.camera.height * self.camera.width * 2
@@ -133,7 +133,7 @@ def generate(
     if (out / "meta.json").is_file():
         old = read_json(out / "meta.json", "dataset meta")
         old.pop("complete", None)
-        if isinstance(old.get("reference"), dict):  # datasets written before views (SPEC §4.1) were AP
+        if isinstance(old.get("reference"), dict):  # datasets written before views existed were AP
             old["reference"].setdefault("view_deg", [0.0, 0.0, 0.0])
         if old != meta:
             raise XctregError(f"{out} holds a different dataset (other CT, camera, poses or settings); use a new folder")

@@ -6,12 +6,14 @@ bone). Output: attenuation images -log(I/I0) (B, 1, H, W), bone bright.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from xctreg.errors import XctregError
 from xctreg.physics.materials import attenuation_table
 from xctreg.physics.spectrum import Spectrum
 
@@ -32,6 +34,17 @@ class DetectorConfig:
     blur_px: float = 0.0
     scatter_fraction: float = 0.0
     scatter_sigma_frac: float = 0.15
+
+    def __post_init__(self) -> None:
+        """The same checks for the Python API and the command line (whose flags are named)."""
+        if self.photons is not None and not (math.isfinite(self.photons) and self.photons > 0):
+            raise XctregError(f"photons (--photons) must be positive, got {self.photons:g}")
+        if not (math.isfinite(self.blur_px) and self.blur_px >= 0):
+            raise XctregError(f"blur_px (--blur-px) must be non-negative, got {self.blur_px:g}")
+        if not 0.0 <= self.scatter_fraction <= 0.9:
+            raise XctregError(f"scatter_fraction (--scatter) must be in [0, 0.9], got {self.scatter_fraction:g}")
+        if not (math.isfinite(self.scatter_sigma_frac) and self.scatter_sigma_frac > 0):
+            raise XctregError(f"scatter_sigma_frac must be positive, got {self.scatter_sigma_frac:g}")
 
 
 def beer_lambert(line_integrals: torch.Tensor, spectrum: Spectrum) -> torch.Tensor:

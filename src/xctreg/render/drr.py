@@ -1,13 +1,14 @@
 """Diff-DeepDRR: a batched, differentiable, physics-based DRR renderer.
 
 Pipeline: HU -> per-material density volumes (air, soft tissue, bone; g/cm³)
--> material line integrals along the SPEC camera's rays (g/cm², computed once
+-> material line integrals along the camera's rays, source to detector pixel (g/cm², computed once
 per ray) -> polyenergetic Beer–Lambert per pixel -> optional scatter, blur and
 noise -> attenuation image -log(I/I0) (bone bright).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from xctreg.errors import XctregError
-from xctreg.geometry import Camera, PoseReference, params_to_matrix
+from xctreg.geometry import DEFAULT_SID_MM, Camera, PoseReference, params_to_matrix
 from xctreg.io.volume import Volume, resample
 from xctreg.physics.detector import DetectorConfig, apply_detector, beer_lambert
 from xctreg.physics.materials import DecompositionConfig, hu_to_density, material_densities
@@ -75,8 +76,13 @@ class RenderConfig:
     face_gradient: bool = True
 
     def __post_init__(self) -> None:
+        """The same checks for the Python API and the command line (whose flags are named)."""
         if self.mode not in ("poly", "mono", "line"):
-            raise XctregError(f"render mode must be poly, mono or line, got {self.mode!r}")
+            raise XctregError(f"render mode (--mode) must be poly, mono or line, got {self.mode!r}")
+        if not 20.0 <= self.kvp <= 150.0:
+            raise XctregError(f"kvp (--kvp) must be in [20, 150], got {self.kvp:g}")
+        if not (math.isfinite(self.al_mm) and self.al_mm >= 0):
+            raise XctregError(f"al_mm (--al-mm) must be non-negative, got {self.al_mm:g}")
         if self.step_mm is not None and self.step_mm <= 0:
             raise XctregError("step_mm must be positive")
         if self.voxel_mm not in (None, "auto") and not float(self.voxel_mm) > 0:  # type: ignore[arg-type]
@@ -135,7 +141,7 @@ class Renderer:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         reference: PoseReference | None = None,
-        sid_mm: float = 750.0,
+        sid_mm: float = DEFAULT_SID_MM,
     ) -> None:
         self.config = cfg = config or RenderConfig()
         self.camera = camera
@@ -143,7 +149,7 @@ class Renderer:
         self.dtype = dtype
         if volume.hu.size == 0 or min(volume.hu.shape) < 2:
             raise XctregError(f"cannot render an empty volume (shape {volume.hu.shape})")
-        self.reference = reference or PoseReference(tuple(float(v) for v in volume.center), sid_mm)
+        self.reference = reference or PoseReference.centred_on(volume, sid_mm)
         self.voxel_mm = level_voxel_mm(camera, cfg.voxel_mm, self.reference.sid_mm)
         vol = pyramid_level(volume, self.voxel_mm)
         self.volume = vol
