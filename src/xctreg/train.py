@@ -32,7 +32,7 @@ from xctreg.data.augment import AugmentConfig, augment, clean_image, warm_spectr
 from xctreg.data.dataset import DataConfig, ShardDataset, generate
 from xctreg.data.poses import SplitConfig
 from xctreg.errors import XctregError
-from xctreg.geometry import Camera, PoseRanges, PoseReference, PoseSpace, parse_view, view_name
+from xctreg.geometry import DEFAULT_SDD_MM, DEFAULT_SID_MM, PRESET_CAMERAS, Camera, PoseRanges, PoseReference, PoseSpace, parse_view, view_name
 from xctreg.io.volume import Volume
 from xctreg.metrics import mtre, target_points
 from xctreg.models import ModelConfig, PoseRegressor
@@ -53,10 +53,10 @@ class Stage:
 class TrainConfig:
     """One typed config for a training run (see the presets)."""
 
-    camera: Camera = field(default_factory=lambda: Camera(1020.0, 128, 128, (3.2, 3.2)))
+    camera: Camera = field(default_factory=lambda: PRESET_CAMERAS["quick"])
     model: ModelConfig = field(default_factory=ModelConfig)
     ranges: PoseRanges = field(default_factory=PoseRanges)
-    sid_mm: float = 750.0
+    sid_mm: float = DEFAULT_SID_MM
     view_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
     stages: tuple[Stage, ...] = (Stage(0.35, 0.3, 0.2, 1500), Stage(0.7, 0.7, 0.3, 2500), Stage(1.0, 1.0, 0.5, 6000))
     curriculum: bool = True
@@ -102,8 +102,7 @@ class TrainConfig:
 
     def space(self, volume: Volume) -> PoseSpace:
         """The pose parameterisation of this model: the CT's centre, sid, view and ranges."""
-        ref = PoseReference(tuple(float(v) for v in volume.center), self.sid_mm, self.view_deg)
-        return PoseSpace(ref, self.ranges)
+        return PoseSpace(PoseReference.centred_on(volume, self.sid_mm, self.view_deg), self.ranges)
 
 
 def preset(name: str) -> TrainConfig:
@@ -113,7 +112,7 @@ def preset(name: str) -> TrainConfig:
         return TrainConfig()
     if name == "paper":
         return TrainConfig(
-            camera=Camera(1020.0, 256, 256, (1.6, 1.6)),
+            camera=PRESET_CAMERAS["paper"],
             model=ModelConfig(input_size=256, embed_dim=256, heads=8),
             stages=(Stage(0.35, 0.3, 0.2, 8000), Stage(0.7, 0.7, 0.3, 12000), Stage(1.0, 1.0, 0.5, 30000)),
             batch=64,
@@ -165,7 +164,8 @@ def init_distributed(device: torch.device | None = None) -> tuple[int, int, int]
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _stage_at(step: int, cfg: TrainConfig) -> int:
+def stage_at(step: int, cfg: TrainConfig) -> int:
+    """The curriculum stage of ``step``: stages take ``step_share`` of ``cfg.steps`` each, in order."""
     stages = cfg.effective_stages()
     acc = 0.0
     for k, s in enumerate(stages):
@@ -175,25 +175,154 @@ def _stage_at(step: int, cfg: TrainConfig) -> int:
     return len(stages) - 1
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def warmup_cosine(step: int, cfg: TrainConfig) -> float:
+    """The learning rate of ``step``: linear warm-up over ``cfg.warmup_steps``, then a cosine
+    decay from ``cfg.lr`` to 0 at ``cfg.steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-@dataclass
-class Batch:
-    """One step's network input (B, 1, S, S), clean target (B, 1, S, S) and true parameters
-    (B, 6) (deg, mm), with its curriculum stage and the data and augmentation generators'
-    states right after it was drawn (what a checkpoint of this step saves)."""
+class CurriculumSampler:
+    """Which cached images make up a step's batch: ``cfg.batch`` images of the step's stage,
+    each replaced with probability ``cfg.rehearsal`` by one of an earlier stage (so the wide
+    stages do not make the network forget the narrow ones). Draws come from ``g``."""
 
-    x: torch.Tensor
-    clean: torch.Tensor
-    params: torch.Tensor
-    stage: int
-    g_data_state: torch.Tensor
-    g_aug_state: torch.Tensor
+    def __init__(self, stage_sets: list[ShardDataset], cfg: TrainConfig, g: torch.Generator) -> None:
+        self.sets, self.cfg, self.g = stage_sets, cfg, g
+
+    def __call__(self, step: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(stage, line integrals (B, 3, H, W) g/cm², parameters (B, 6) deg/mm)."""
+        k, g = stage_at(step, self.cfg), self.g
+        picks = []
+        for _ in range(self.cfg.batch):
+            src = k
+            if k > 0 and float(torch.rand((), generator=g)) < self.cfg.rehearsal:
+                src = int(torch.randint(0, k, (), generator=g))
+            picks.append(self.sets[src][int(torch.randint(0, len(self.sets[src]), (), generator=g))])
+        return k, torch.stack([a for a, _ in picks]), torch.stack([b for _, b in picks])
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds and a resumed run restores: the model, optimiser and AMP
+    scaler, the data and augmentation generators, and the step, best validation median
+    mTRE (mm), checks without improvement and validation history."""
+
+    model: PoseRegressor
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    g_data: torch.Generator
+    g_aug: torch.Generator
+    step: int = 0
+    best: float = float("inf")
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def new(cls, cfg: TrainConfig, device: torch.device, rank: int = 0) -> TrainState:
+        """A fresh run: the seeded model (channels-last: about 20 % faster convolutions on the CPU,
+        and on GPUs with AMP), AdamW, and generators seeded per rank (each draws its own batches)."""
+        torch.manual_seed(cfg.seed)
+        model = PoseRegressor(cfg.model).to(device, memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+        g_data = torch.Generator().manual_seed(cfg.seed + 7919 * rank)
+        g_aug = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
+        return cls(model, opt, scaler, g_data, g_aug)
+
+    def state_dict(self, cfg: TrainConfig) -> dict[str, Any]:
+        dev = next(self.model.parameters()).device
+        extra = {"cuda_rng": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {}
+        return {
+            **extra,
+            "scaler": self.scaler.state_dict(),
+            "history": json.dumps(self.history),
+            "format": CHECKPOINT_FORMAT,
+            "config": json.dumps(cfg.to_dict()),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "g_data": self.g_data.get_state(),
+            "g_aug": self.g_aug.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+        }
+
+    def load_state_dict(self, st: dict[str, Any], cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
+        """Restore a checkpoint. One process continues exactly (generators and torch's RNG);
+        with several ranks each reseeds its generators from (seed, rank, step)."""
+        try:
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a run begun while the backbone was MONAI's
+            reason = str(exc).splitlines()[0][:120]
+            raise XctregError(f"the checkpoint was written by another xctreg version or model ({reason}); "
+                              "start the run again in a new folder") from None  # fmt: skip
+        self.step, self.best, self.bad_epochs = int(st["step"]), float(st["best"]), int(st["bad_epochs"])
+        self.history = json.loads(st.get("history", "[]"))
+        if "scaler" in st and self.scaler.is_enabled():
+            self.scaler.load_state_dict(st["scaler"])
+        dev = next(self.model.parameters()).device
+        if world == 1:
+            if dev.type == "cuda" and "cuda_rng" in st:
+                torch.cuda.set_rng_state(st["cuda_rng"], dev)
+            self.g_data.set_state(st["g_data"])
+            self.g_aug.set_state(st["g_aug"])
+            torch.set_rng_state(st["torch_rng"])
+        else:
+            self.g_data.manual_seed(cfg.seed + 7919 * rank + 104729 * self.step)
+            self.g_aug.manual_seed(cfg.seed + 1 + 7919 * rank + 104729 * self.step)
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Add a validation row; True when it is the best so far (it then resets the patience)."""
+        self.history.append({"step": self.step, **row})
+        if row["median_mtre_mm"] < self.best:
+            self.best, self.bad_epochs = row["median_mtre_mm"], 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+class TrainLog:
+    """Where training reports: the progress callback, MODEL_DIR/train_log.csv (every 25 steps
+    and at each validation), the console line per validation and, optionally, TensorBoard."""
+
+    HEADER = "step,stage,lr,loss,val_median_mtre_mm,val_sr_10mm,seconds\n"
+
+    def __init__(self, folder: Path, cfg: TrainConfig, log: Callable[[str], None], progress: Callable[[str, int, int], None] | None,
+                 writer: Any = None, fresh: bool = True) -> None:  # fmt: skip
+        self.cfg, self.log, self.progress, self.writer = cfg, log, progress, writer
+        self.path, self.running, self.t0 = folder / "train_log.csv", [], time.perf_counter()
+        if fresh or not self.path.exists():
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(self.HEADER, encoding="utf-8")
+
+    def step(self, step: int, stage: int, loss: float, val: dict[str, float] | None) -> None:
+        """After ``step`` steps: its loss, and the validation row if one was computed."""
+        self.running.append(loss)
+        if self.progress is not None:
+            self.progress("train", step, self.cfg.steps)
+        lr = warmup_cosine(step - 1, self.cfg)
+        if val is not None:
+            self.log(f"step {step}: loss {np.mean(self.running):.4f}, val median mTRE {val['median_mtre_mm']:.2f} mm, SR@10 {val['sr_10mm']:.2%}")
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            for key, v in (val or {}).items():
+                self.writer.add_scalar(f"val/{key}", v, step)
+        if step % 25 == 0 or val is not None:
+            with open(self.path, "a", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerow([step, stage, f"{lr:.3g}", f"{np.mean(self.running):.5f}",
+                                         val and f"{val['median_mtre_mm']:.3f}", val and f"{val['sr_10mm']:.4f}",
+                                         f"{time.perf_counter() - self.t0:.1f}"])  # fmt: skip
+            self.running = []
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class Trainer:
@@ -329,12 +458,96 @@ class Trainer:
         if not main:
             self.log = lambda s: None
             progress = None
-        SummaryWriter = None  # noqa: N806
-        if tensorboard and main:  # check before hours of data rendering, not after
+        board = self._tensorboard() if tensorboard and main else None  # checked before hours of data rendering
+        last = self._check_run(resume)
+        stage_sets, val = self._data(main, world, progress)
+        warm_spectra()
+        state = TrainState.new(cfg, self.device, rank)
+        if resume:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise XctregError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+                state.load_state_dict(load_checkpoint(last), cfg, rank, world)
+            except XctregError as exc:
+                raise XctregError(f"cannot resume {last}: {exc}") from None
+            self.log(f"resuming at step {state.step}")
+        net = self._parallel(state.model, world, local)
+        t0 = time.perf_counter()
+        writer = board(str(self.dir / "tensorboard")) if board is not None else None
+        logs = TrainLog(self.dir, cfg, self.log, progress, writer, fresh=not resume) if main else None
+        sample = CurriculumSampler(stage_sets, cfg, state.g_data)
+        stop_at = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+        try:
+            self._loop(state, net, sample, val, logs, stop_at, world)
+        finally:
+            if logs is not None:
+                logs.close()
+        if world > 1:
+            torch.distributed.barrier()
+        if main:
+            self._store_levels()
+        return TrainResult(state.step, state.best, state.history[-1] if state.history else {}, time.perf_counter() - t0)
+
+    def _loop(self, state: TrainState, net: torch.nn.Module, sample: CurriculumSampler, val: ShardDataset,
+              logs: TrainLog | None, stop_at: int, world: int) -> None:  # fmt: skip
+        """The algorithm: draw and augment a batch, take a step, validate, checkpoint, stop early."""
+        cfg, main = self.cfg, logs is not None
+        state.model.train()
+        while state.step < stop_at:
+            stage, L, p = sample(state.step)
+            x, clean = self.make_batch(L, p, cfg.effective_stages()[stage].aug_strength, state.g_aug)
+            loss = self._step(state, net, x, clean, p)
+            state.step += 1
+            row = None
+            if main and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
+                row = self.validate(state.model, val)
+                if state.record(row):
+                    save_checkpoint(self.dir / "best.pt", state.state_dict(cfg))
+                write_json(self.dir / "val_metrics.json", {"best_median_mtre_mm": state.best, "history": state.history})
+            if logs is not None:
+                logs.step(state.step, stage, loss, row)
+            if main and (state.step % cfg.ckpt_every == 0 or state.step == stop_at):
+                save_checkpoint(self.dir / "last.pt", state.state_dict(cfg))
+            if self._stop_early(state, world):
+                self.log(f"early stop at step {state.step}: no validation improvement in {cfg.patience} checks")
+                if main:
+                    save_checkpoint(self.dir / "last.pt", state.state_dict(cfg))
+                return
+
+    def _step(self, state: TrainState, net: torch.nn.Module, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> float:
+        """One optimiser step at the scheduled learning rate (AMP on CUDA, clipped gradients); the loss."""
+        for group in state.opt.param_groups:
+            group["lr"] = warmup_cosine(state.step, self.cfg)
+        with torch.autocast(device_type=self.device.type, enabled=state.scaler.is_enabled()):
+            loss = self.loss(net, x.to(self.device), clean.to(self.device), p.to(self.device))
+        if not torch.isfinite(loss):
+            raise XctregError(f"training diverged at step {state.step} (loss {float(loss)}); try a lower learning rate")
+        state.opt.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.opt)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.cfg.clip_norm)
+        state.scaler.step(state.opt)
+        state.scaler.update()
+        return float(loss.detach())
+
+    def _stop_early(self, state: TrainState, world: int) -> bool:
+        """No validation improvement in ``cfg.patience`` checks; rank 0 decides for every rank."""
+        stop = state.bad_epochs >= self.cfg.patience
+        if world > 1:
+            flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    @staticmethod
+    def _tensorboard() -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise XctregError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter
+
+    def _check_run(self, resume: bool) -> Path:
+        """MODEL_DIR/last.pt, after checking that a new run does not clobber one and that a
+        resumed run has one, trained with this configuration."""
         self.dir.mkdir(parents=True, exist_ok=True)
         last = self.dir / "last.pt"
         if not resume and last.exists():
@@ -347,152 +560,32 @@ class Trainer:
                 saved = json.loads(json.dumps(TrainConfig.from_dict(saved).to_dict()))
             except (KeyError, TypeError, ValueError, XctregError):
                 saved = None
-            if saved != json.loads(json.dumps(cfg.to_dict())):
+            if saved != json.loads(json.dumps(self.cfg.to_dict())):
                 raise XctregError(f"{self.dir} was trained with another configuration; resume with the same preset/seed")
+        return last
+
+    def _data(self, main: bool, world: int, progress: Callable[[str, int, int], None] | None) -> tuple[list[ShardDataset], ShardDataset]:
+        """The stages' training sets and the validation set: rank 0 writes the config and renders
+        (or resumes) the cached data; the other ranks wait for it, then read it."""
         if main:
             self.write_config()
             stage_sets, val = self.datasets(progress)
         if world > 1:
-            torch.distributed.barrier()  # rank 0 renders the cached data; the others then read it
+            torch.distributed.barrier()
         if not main:
-            n_stages = len(cfg.effective_stages())
+            n_stages = len(self.cfg.effective_stages())
             stage_sets = [ShardDataset(self.dir / "data" / f"stage{k}", "train") for k in range(n_stages)]
             val = ShardDataset(self.dir / "data" / f"stage{n_stages - 1}", "val")
-        warm_spectra()
-        torch.manual_seed(cfg.seed)
-        # channels-last: about 20 % faster convolutions on the CPU (oneDNN), and on GPUs with AMP
-        model = PoseRegressor(cfg.model).to(self.device, memory_format=torch.channels_last)
-        net: torch.nn.Module = model
-        if world > 1:
-            # every variant leaves some backbone/projection weights unused (e.g. A+C never reads the stride-32 stage)
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[local] if self.device.type == "cuda" else None, find_unused_parameters=True
-            )
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        use_amp = cfg.amp and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        g_data = torch.Generator().manual_seed(cfg.seed + 7919 * rank)  # each rank draws its own batches
-        g_aug = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
-        step, best, bad_epochs, history = 0, float("inf"), 0, []
-        if resume:
-            st = load_checkpoint(last)
-            try:
-                model.load_state_dict(st["model"])
-                opt.load_state_dict(st["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a run begun while the backbone was MONAI's
-                reason = str(exc).splitlines()[0][:120]
-                raise XctregError(f"cannot resume {last}: it was written by another xctreg version or model ({reason}); "
-                                  "start the run again in a new folder") from None  # fmt: skip
-            step, best, bad_epochs = int(st["step"]), float(st["best"]), int(st["bad_epochs"])
-            history = json.loads(st.get("history", "[]"))
-            if "scaler" in st and use_amp:
-                scaler.load_state_dict(st["scaler"])
-            if world == 1 and self.device.type == "cuda" and "cuda_rng" in st:
-                torch.cuda.set_rng_state(st["cuda_rng"], self.device)
-            if world == 1:  # exact continuation; with several ranks each reseeds from (seed, rank, step)
-                g_data.set_state(st["g_data"])
-                g_aug.set_state(st["g_aug"])
-                torch.set_rng_state(st["torch_rng"])
-            else:
-                g_data.manual_seed(cfg.seed + 7919 * rank + 104729 * step)
-                g_aug.manual_seed(cfg.seed + 1 + 7919 * rank + 104729 * step)
-            self.log(f"resuming at step {step}")
-        writer = SummaryWriter(str(self.dir / "tensorboard")) if SummaryWriter is not None else None
-        t0 = time.perf_counter()
-        log_path = self.dir / "train_log.csv"
-        if main and (not resume or not log_path.exists()):
-            with atomic_path(log_path) as tmp:
-                tmp.write_text("step,stage,lr,loss,val_median_mtre_mm,val_sr_10mm,seconds\n", encoding="utf-8")
-        running = []
-        stop_at = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
-        model.train()
-        # (a background thread that augments the next batch during the network's step was
-        # measured slower on 2 cores, 0.38 against 0.28 s per step: the two compete for them)
-        return self._loop(model, net, opt, scaler, lambda n: self._draw(n, stage_sets, g_data, g_aug), val, step, stop_at,
-                          best, bad_epochs, history, running, writer, log_path, last, progress, main, world, use_amp, t0)  # fmt: skip
+        return stage_sets, val
 
-    def _draw(self, step: int, stage_sets: list[ShardDataset], g_data: torch.Generator, g_aug: torch.Generator) -> Batch:
-        """The batch of ``step``: its stage's images (some rehearsed from earlier stages), augmented."""
-        cfg = self.cfg
-        k = _stage_at(step, cfg)
-        stage = cfg.effective_stages()[k]
-        idx_src = []
-        for _ in range(cfg.batch):
-            src = k
-            if k > 0 and float(torch.rand((), generator=g_data)) < cfg.rehearsal:
-                src = int(torch.randint(0, k, (), generator=g_data))
-            idx_src.append((src, int(torch.randint(0, len(stage_sets[src]), (), generator=g_data))))
-        items = [stage_sets[s][i] for s, i in idx_src]
-        L = torch.stack([a for a, _ in items])
-        p = torch.stack([b for _, b in items])
-        x, clean = self.make_batch(L, p, stage.aug_strength, g_aug)
-        return Batch(x, clean, p, k, g_data.get_state(), g_aug.get_state())
-
-    def _loop(self, model, net, opt, scaler, draw, val, step, stop_at, best, bad_epochs, history, running,  # noqa: ANN001
-              writer, log_path, last, progress, main, world, use_amp, t0) -> TrainResult:  # noqa: ANN001
-        cfg = self.cfg
-        while step < stop_at:
-            batch = draw(step)
-            k, x, clean, p = batch.stage, batch.x, batch.clean, batch.params
-            rng = (batch.g_data_state, batch.g_aug_state)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            with torch.autocast(device_type=self.device.type, enabled=use_amp):
-                loss = self.loss(net, x.to(self.device), clean.to(self.device), p.to(self.device))
-            if not torch.isfinite(loss):
-                raise XctregError(f"training diverged at step {step} (loss {float(loss)}); try a lower learning rate")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            running.append(float(loss.detach()))
-            if progress is not None:
-                progress("train", step, cfg.steps)
-            val_row = None
-            if main and (step % cfg.val_every == 0 or step == cfg.steps):
-                val_row = self.validate(model, val)
-                history.append({"step": step, **val_row})
-                if val_row["median_mtre_mm"] < best:
-                    best, bad_epochs = val_row["median_mtre_mm"], 0
-                    save_checkpoint(self.dir / "best.pt", self._state(model, opt, rng, step, best, bad_epochs, scaler, history))
-                else:
-                    bad_epochs += 1
-                write_json(self.dir / "val_metrics.json", {"best_median_mtre_mm": best, "history": history})
-                self.log(f"step {step}: loss {np.mean(running):.4f}, val median mTRE {val_row['median_mtre_mm']:.2f} mm, SR@10 {val_row['sr_10mm']:.2%}")
-            if writer is not None:
-                writer.add_scalar("train/loss", running[-1], step)
-                writer.add_scalar("train/lr", _lr_at(step - 1, cfg), step)
-                if val_row is not None:
-                    for key, v in val_row.items():
-                        writer.add_scalar(f"val/{key}", v, step)
-            if main and (step % 25 == 0 or val_row is not None):
-                with open(log_path, "a", newline="", encoding="utf-8") as fh:
-                    csv.writer(fh).writerow([step, k, f"{_lr_at(step - 1, cfg):.3g}", f"{np.mean(running):.5f}",
-                                             val_row and f"{val_row['median_mtre_mm']:.3f}", val_row and f"{val_row['sr_10mm']:.4f}",
-                                             f"{time.perf_counter() - t0:.1f}"])  # fmt: skip
-                running = []
-            if main and (step % cfg.ckpt_every == 0 or step == stop_at):
-                save_checkpoint(last, self._state(model, opt, rng, step, best, bad_epochs, scaler, history))
-            stop = bad_epochs >= cfg.patience
-            if world > 1:  # rank 0 decides early stopping for everyone
-                flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
-                torch.distributed.broadcast(flag, 0)
-                stop = bool(flag.item())
-            if stop:
-                self.log(f"early stop at step {step}: no validation improvement in {cfg.patience} checks")
-                if main:
-                    save_checkpoint(last, self._state(model, opt, rng, step, best, bad_epochs, scaler, history))
-                break
-        if world > 1:
-            torch.distributed.barrier()
-        if writer is not None:
-            writer.close()
-        if main:
-            self._store_levels()
-        return TrainResult(step, best, history[-1] if history else {}, time.perf_counter() - t0)
+    def _parallel(self, model: torch.nn.Module, world: int, local: int) -> torch.nn.Module:
+        """The model, wrapped in DistributedDataParallel under torchrun."""
+        if world == 1:
+            return model
+        # every variant leaves some backbone/projection weights unused (e.g. A+C never reads the stride-32 stage)
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local] if self.device.type == "cuda" else None, find_unused_parameters=True
+        )
 
     def _store_levels(self) -> None:
         """Store the CT levels that ``register`` renders from in the model folder, so that a fresh
@@ -504,29 +597,11 @@ class Trainer:
         paths = Registrar(self.dir).precompute()  # read back from ct_path: the CT whose SHA-256 config.json holds
         self.log(f"stored {len(paths)} CT levels for registration in {self.dir / 'levels'}")
 
-    def _state(self, model, opt, rng, step, best, bad_epochs, scaler, history) -> dict[str, Any]:  # noqa: ANN001
-        extra = {"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
-        return {
-            **extra,
-            "scaler": scaler.state_dict(),
-            "history": json.dumps(history),
-            "format": CHECKPOINT_FORMAT,
-            "config": json.dumps(self.cfg.to_dict()),
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "g_data": rng[0],  # the generators' states after this step's batch was drawn
-            "g_aug": rng[1],
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "best": best,
-            "bad_epochs": bad_epochs,
-        }
-
 
 def quick_test_config(**changes: Any) -> TrainConfig:
     """A tiny configuration for tests: 32² X-rays, 32² input, few steps."""
     base = TrainConfig(
-        camera=Camera(1020.0, 32, 32, (12.8, 12.8)),
+        camera=Camera(DEFAULT_SDD_MM, 32, 32, (12.8, 12.8)),
         model=ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0),
         stages=(Stage(0.5, 0.0, 0.5, 24), Stage(1.0, 0.0, 0.5, 24)),
         n_val=8,

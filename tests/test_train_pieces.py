@@ -1,0 +1,89 @@
+"""The named pieces of the training loop: schedule, curriculum sampler, state and log."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xctreg.train import CurriculumSampler, Stage, TrainLog, TrainState, quick_test_config, stage_at, warmup_cosine
+
+
+def test_warmup_cosine_schedule() -> None:
+    cfg = quick_test_config(steps=100, warmup_steps=10, lr=1e-3)
+    lrs = [warmup_cosine(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # then only down
+    assert warmup_cosine(55, cfg) == pytest.approx(0.5e-3)  # half-way through the decay
+    assert warmup_cosine(100, cfg) == pytest.approx(0.0, abs=1e-12) and warmup_cosine(500, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stage_at_follows_the_step_shares() -> None:
+    cfg = quick_test_config(steps=100, stages=(Stage(0.5, 0.0, 0.2, 4), Stage(1.0, 0.0, 0.3, 4), Stage(1.0, 0.0, 0.5, 4)))
+    ks = [stage_at(s, cfg) for s in range(100)]
+    assert ks.count(0) == 20 and ks.count(1) == 30 and ks.count(2) == 50 and ks == sorted(ks)
+    assert stage_at(1000, cfg) == 2
+    assert {stage_at(s, quick_test_config(steps=100, curriculum=False)) for s in range(100)} == {0}
+
+
+class _Set:
+    """A stand-in for a stage's ShardDataset: item i is (L filled with the stage number, params)."""
+
+    def __init__(self, k: int, n: int) -> None:
+        self.k, self.n = k, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full((3, 2, 2), float(self.k)), torch.full((6,), float(i))
+
+
+def test_curriculum_sampler_rehearses_earlier_stages() -> None:
+    cfg = quick_test_config(batch=400, rehearsal=0.25, steps=30,
+                            stages=(Stage(1.0, 0.0, 0.2, 5), Stage(1.0, 0.0, 0.3, 5), Stage(1.0, 0.0, 0.5, 5)))  # fmt: skip
+    sample = CurriculumSampler([_Set(0, 5), _Set(1, 7), _Set(2, 9)], cfg, torch.Generator().manual_seed(0))
+    k, L, p = sample(0)
+    assert k == 0 and L.shape == (400, 3, 2, 2) and p.shape == (400, 6) and torch.all(L == 0)  # nothing earlier to rehearse
+    k, L, p = sample(25)
+    from_stage = L[:, 0, 0, 0]
+    assert k == 2 and set(from_stage.tolist()) == {0.0, 1.0, 2.0}
+    assert 0.18 < float((from_stage < 2).float().mean()) < 0.32  # about a quarter rehearsed
+    again = CurriculumSampler([_Set(0, 5), _Set(1, 7), _Set(2, 9)], cfg, torch.Generator().manual_seed(0))
+    again(0)
+    assert torch.equal(again(25)[2], p)  # the generator alone fixes the draws
+
+
+def test_train_state_round_trip_and_record(small_phantom) -> None:
+    cfg = quick_test_config()
+    a = TrainState.new(cfg, torch.device("cpu"))
+    assert a.model.backbone._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert a.record({"median_mtre_mm": 5.0}) and not a.record({"median_mtre_mm": 6.0}) and a.bad_epochs == 1
+    a.step = 7
+    a.g_data.manual_seed(99)
+    torch.rand(3, generator=a.g_aug)
+    st = a.state_dict(cfg)
+    b = TrainState.new(cfg, torch.device("cpu"))
+    b.load_state_dict(st, cfg)
+    assert (b.step, b.best, b.bad_epochs, b.history) == (7, 5.0, 1, a.history)
+    assert torch.equal(b.g_data.get_state(), a.g_data.get_state()) and torch.equal(b.g_aug.get_state(), a.g_aug.get_state())
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    several = TrainState.new(cfg, torch.device("cpu"), rank=1)
+    several.load_state_dict(st, cfg, rank=1, world=2)  # each rank reseeds from (seed, rank, step)
+    assert not torch.equal(several.g_data.get_state(), a.g_data.get_state())
+
+
+def test_train_log_writes_csv_rows_and_console_lines(tmp_path) -> None:
+    cfg = quick_test_config(steps=60, warmup_steps=2)
+    lines, ticks = [], []
+    log = TrainLog(tmp_path, cfg, lines.append, lambda what, d, t: ticks.append((what, d, t)))
+    for s in range(1, 51):
+        log.step(s, 0, 1.0 / s, {"median_mtre_mm": 3.0, "sr_10mm": 0.9} if s == 30 else None)
+    rows = (tmp_path / "train_log.csv").read_text().splitlines()
+    assert rows[0] == TrainLog.HEADER.strip() and [r.split(",")[0] for r in rows[1:]] == ["25", "30", "50"]
+    assert rows[2].split(",")[4] == "3.000" and len(lines) == 1 and "3.00 mm" in lines[0]
+    assert ticks[-1] == ("train", 50, 60)
+    assert math.isclose(float(rows[1].split(",")[3]), sum(1.0 / s for s in range(1, 26)) / 25, rel_tol=1e-4)
