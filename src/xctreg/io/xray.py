@@ -1,6 +1,6 @@
 """X-ray images: read/write .npy, PNG (8/16-bit), TIFF and DICOM.
 
-Images are 2D float32 arrays (height, width), row 0 at the top, in the SPEC's
+Images are 2D float32 arrays (height, width), row 0 at the top, in xctreg's
 attenuation convention (more attenuation is brighter) unless the caller says
 the input is a raw transmission image.
 """
@@ -61,7 +61,7 @@ class XRay:
 
     @property
     def view_deg(self) -> tuple[float, float, float] | None:
-        """The SPEC §4.1 view (vx, vy, vz) in degrees of the positioner angles, else None."""
+        """The view (C-arm direction vx, vy, vz in degrees, as ``--view`` takes it) of the positioner angles, else None."""
         if self.positioner_deg is None:
             return None
         return positioner_to_view(*self.positioner_deg)
@@ -447,7 +447,7 @@ def write_xray(
     """Write a 2D image (bone bright) atomically; the format follows the suffix.
 
     .npy and .tif/.tiff keep float32 values. .png is 16-bit, min-max scaled to
-    0..65535 (the SPEC allows any linear scaling). .dcm is 16-bit with
+    0..65535 (any linear scaling of an X-ray is accepted on reading). .dcm is 16-bit with
     RescaleSlope/Intercept, as DX (``sop='dx'``) or Secondary Capture (``sop='sc'``);
     with a camera, DistanceSourceToDetector (mm), ImagerPixelSpacing and PixelSpacing
     (mm) are filled in, and DistanceSourceToPatient from ``sid_mm`` (mm, < sdd).

@@ -1,4 +1,5 @@
-"""DRR rendering: rays from the SPEC camera, compiled/torch ray marching, Siddon reference."""
+"""DRR rendering: rays from the xctreg pinhole camera (source at the origin, +z along the beam; docs/geometry.md),
+compiled/torch ray marching, Siddon reference."""
 
 from xctreg.render.drr import RenderConfig, Renderer
 from xctreg.render.rays import IndexRays, make_rays

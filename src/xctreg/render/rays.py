@@ -1,4 +1,5 @@
-"""Rays from the SPEC camera into a volume's index space, clipped to the volume box."""
+"""Rays from the camera (source at the origin, one per detector pixel centre (u, v) = (column, row) on the plane
+z = sdd) into a volume's index space, clipped to the volume box."""
 
 from __future__ import annotations
 
