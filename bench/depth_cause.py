@@ -1,11 +1,11 @@
-"""What moves the similarity's depth (tz) peak away from the truth? A controlled sweep.
+"""What moves the objective's depth (tz) peak away from the truth? A controlled sweep.
 
 X-rays of the same poses come from several sources: DiffDRR's Siddon line integral (its own
 HU -> density ramp), and xctreg's own renderer in "line" mode (the density line integral,
 DiffDRR's physics with xctreg's ramp) or "poly" mode (xctreg's spectrum and materials), with
 or without Poisson noise, trilinear or exact Siddon. Each is compared, on the model's 128²
 detector, with DRRs swept along tz through the true pose (the other five parameters at the
-truth); the peak of a parabola through the best samples is where that similarity would put
+truth); the peak of a parabola through the best samples is where that objective would put
 depth. Full field against a central disc (a collimated field), as mean ± sd over the X-rays.
 
 A source whose physics matches the sweep's gives the control (the inverse crime): its peak
@@ -31,7 +31,7 @@ from realism import gaussian_blur, render_shots  # noqa: E402
 from xctreg.preprocess import prepare_xray  # noqa: E402
 from xctreg.register import Registrar, parabola_peak  # noqa: E402
 from xctreg.render import RenderConfig  # noqa: E402
-from xctreg.similarity import get_similarity  # noqa: E402
+from xctreg.objectives import get_objective  # noqa: E402
 
 OFFSETS = np.linspace(-3.0, 3.0, 25)  # mm of tz around the truth
 
@@ -94,13 +94,13 @@ def main() -> None:
         for sname, att in sources.items():
             y = torch.as_tensor(prepare_xray(gaussian_blur(att, 0.8).astype(np.float32), cam, c).image)
             for (mode, simname), d in drrs.items():
-                f = get_similarity(simname)
+                f = get_objective(simname)
                 for mname, m in masks.items():
                     v = np.array([float(f(di, y, m)) for di in d])
                     peaks.setdefault((sname, mode, simname, mname), []).append(peak(v))
         print(".", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    print(f"| X-ray ({args.n}, seed {args.seed}) | DRR | similarity | peak, full field (mm) | peak, disc r={args.radius:g} (mm) |")
+    print(f"| X-ray ({args.n}, seed {args.seed}) | DRR | objective | peak, full field (mm) | peak, disc r={args.radius:g} (mm) |")
     print("|---|---|---|---|---|")
     for sname, mode, simname in dict.fromkeys((k[0], k[1], k[2]) for k in peaks):
         cells = [f"{np.mean(peaks[(sname, mode, simname, m)]):+.2f} ± {np.std(peaks[(sname, mode, simname, m)]):.2f}" for m in masks]

@@ -225,10 +225,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2027, help="Pose and effect seed (report split: 2027; tune on another).")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--size", type=int, default=None, help="Render on a SIZE² detector of the model's physical size.")
-    ap.add_argument("--similarity", default=None, help="Override the refinement similarity.")
+    ap.add_argument("--similarity", dest="objective", default=None, help="Override the refinement objective (RefineConfig.objective).")
     ap.add_argument("--native-size", type=int, default=None, help="Override RefineConfig.native_size (0: the last level on the model's detector).")
     ap.add_argument("--native-search", choices=("depth", "adam", "adam+depth"), default=None, help="Override RefineConfig.native_search.")
-    ap.add_argument("--native-similarity", default=None, help="Override RefineConfig.native_similarity.")
+    ap.add_argument("--native-similarity", dest="native_objective", default=None, help="Override RefineConfig.native_objective.")
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
     ap.add_argument("--no-refine", action="store_true")
@@ -252,13 +252,13 @@ def main() -> None:
     mu = 4.0 / float(np.quantile(np.stack([s.L for s in shots]), 0.99))  # attenuation up to ~4 (2 % transmission)
     mu_bone = 4.0 / float(np.quantile(np.stack([s.L_bone for s in shots]), 0.99))
     reg = Registrar(args.model_dir)
-    cfg = RefineConfig() if args.similarity is None else replace(RefineConfig(), similarity=args.similarity)
+    cfg = RefineConfig() if args.objective is None else replace(RefineConfig(), objective=args.objective)
     if args.native_size is not None:
         cfg = replace(cfg, native_size=args.native_size)
     if args.native_search is not None:
         cfg = replace(cfg, native_search=args.native_search)
-    if args.native_similarity is not None:
-        cfg = replace(cfg, native_similarity=args.native_similarity)
+    if args.native_objective is not None:
+        cfg = replace(cfg, native_objective=args.native_objective)
     if args.outliers is not None:
         cfg = replace(cfg, native_outliers=args.outliers)
     if args.depth is not None:
@@ -267,8 +267,9 @@ def main() -> None:
     pts = torch.as_tensor(target_points(reg.ct(), 5000))
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
+    # the objectives' JSON keys keep their names (similarity, native_similarity, depth_similarity): saved results use them
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
-                 "similarity": cfg.similarity, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_similarity, "depth_similarity": cfg.depth_similarity, "outliers": cfg.native_outliers,
+                 "similarity": cfg.objective, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_objective, "depth_similarity": cfg.depth_objective, "outliers": cfg.native_outliers,
                  "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = set_rng(args.seed, name)

@@ -9,7 +9,8 @@ regressor's time is measured with an untrained network of the preset's shape
 (time does not depend on the weights) and refinement starts from the true pose
 perturbed by about the quick regressor's error (±3°, ±5 mm, ±10 mm in depth);
 with --model-dir the trained model's own estimate is the start. Several
-similarities (comma-separated) are compared on the same X-rays and starts.
+refinement objectives (comma-separated) are compared on the same X-rays and starts
+(the summary's "similarity" key, by objective name).
 --collimator blacks out the X-rays outside a circle (radius 0.45 of the width)
 and lets refinement find and mask it (preprocess.detect_field). Refinement
 keeps its renderers between X-rays (the warm case of a folder run or the Python
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--similarity", default="patch-ncc", help="comma-separated names; default: the refinement default")
+    ap.add_argument("--similarity", default="patch-ncc", help="comma-separated objective names; default: the refinement default")
     ap.add_argument("--collimator", action="store_true")
     ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
     ap.add_argument("--ct", default=None, help="a CT instead of the chest CT")
@@ -105,7 +106,7 @@ def main() -> None:
         for d in devices:
             t_ref, errs = [], []
             for img, p, start, mask in zip(imgs, truth, starts, masks, strict=True):
-                res = refine(vol, img, cam, ref, start, RefineConfig(similarity=name, **rcfg), mask=mask, renderers=caches[str(d)], device=d)
+                res = refine(vol, img, cam, ref, start, RefineConfig(objective=name, **rcfg), mask=mask, renderers=caches[str(d)], device=d)
                 t_ref.append(res.seconds)
                 errs.append(float(mtre(T(res.params), T(p), pts)))
                 print(f"{name} on {d}: mTRE {errs[-1]:.3f} mm; refine {t_ref[-1]:.2f} s ({res.iterations} it)", flush=True)

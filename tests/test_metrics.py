@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xctreg.geometry import Camera, PoseReference, params_to_matrix
-from xctreg.metrics import mpd, mtre, ncc, param_errors, similarity, ssim_css, success_rates
+from xctreg.metrics import image_scores, mpd, mtre, ncc, param_errors, ssim_css, success_rates
 
 REF = PoseReference((0.0, 0.0, 0.0), 750.0)
 PTS = torch.tensor([[10.0, 20.0, 30.0], [-40.0, 5.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
@@ -42,7 +42,7 @@ def test_ncc_ssim_css() -> None:
     s, c = ssim_css(a, a)
     assert float(s) == pytest.approx(1.0, abs=1e-5) and float(c) == pytest.approx(1.0, abs=1e-5)
     b = torch.rand(40, 40, generator=torch.Generator().manual_seed(1))
-    m = similarity(a, b)
+    m = image_scores(a, b)
     assert abs(m["ncc"]) < 0.2 and m["ssim"] < 0.3 and m["css"] < 0.3
     s2, c2 = ssim_css(a, 0.5 * a + 0.25)  # images are min-max normalised first: a linear change is no change
     assert float(s2) == pytest.approx(1.0, abs=1e-4) and float(c2) == pytest.approx(1.0, abs=1e-4)

@@ -136,7 +136,7 @@ def test_prepare_bad_inputs(noisy) -> None:
 def test_leaky_collimator_detected(noisy, shape: str) -> None:
     """A collimator that lets 3 % through adds a constant to the −log image: anatomy still shows
     behind it and nothing is flat, yet the field is found (bug: such X-rays were registered
-    with the collimated border in the similarity and the regressor's input)."""
+    with the collimated border in the objective and the regressor's input)."""
     img = noisy[0]
     h, w = img.shape
     if shape == "circle":

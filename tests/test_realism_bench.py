@@ -89,7 +89,7 @@ def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_depth_cause_bench_runs_end_to_end(model_dir) -> None:
-    """bench/depth_cause.py: a row per (X-ray source, DRR, similarity), each with a finite peak for
+    """bench/depth_cause.py: a row per (X-ray source, DRR, objective), each with a finite peak for
     the full field and the disc. (On the test's 32² model depth is too coarse to check the control's
     peak; docs/register.md has the chest's table.)"""
     import os

@@ -33,7 +33,7 @@ def test_refinement_reaches_submillimetre_across_a_domain_gap() -> None:
     before = float(mtre(T(start), T(true), pts))
     after = float(mtre(T(res.params), T(true), pts))
     assert before > 20 and after < 1.0, (before, after)
-    assert res.iterations > 0 and res.similarity > 0.8
+    assert res.iterations > 0 and res.score > 0.8
 
 
 def test_register_cli_dicom_end_to_end(cli, model_dir, tmp_path) -> None:
@@ -258,7 +258,7 @@ def test_parabola_peak() -> None:
 
 
 def test_search_depth_finds_tz_from_a_start_off_in_depth() -> None:
-    """The line search moves only tz, and to within 0.1 mm of where the similarity peaks."""
+    """The line search moves only tz, and to within 0.1 mm of where the objective peaks."""
     from xctreg.register import search_depth
 
     vol = make_phantom()
@@ -325,7 +325,7 @@ def test_estimate_blur_recovers_the_xrays_detector_blur() -> None:
     """The X-ray is the DRR blurred by σ px: ``estimate_blur`` finds σ (within 0.15 px) at the
     true pose and from a pose 1 mm / 0.5° off; an unblurred X-ray gives about 0."""
     from xctreg.register import estimate_blur
-    from xctreg.similarity import blur
+    from xctreg.objectives import blur
 
     vol = make_phantom()
     cam = Camera(1020.0, 96, 96, (4.0, 4.0))
@@ -346,7 +346,7 @@ def test_match_blur_blurs_the_last_levels_drrs(model_dir, small_phantom) -> None
     """``match_blur``: the last level estimates the X-ray's blur, reports it, and refines with
     it (another pose than without); off, nothing is estimated."""
     from xctreg.register import RefineConfig, Registrar
-    from xctreg.similarity import blur
+    from xctreg.objectives import blur
 
     reg = Registrar(model_dir / "m", ct=small_phantom)
     p = reg.space.sample(1, seed=5)[0]

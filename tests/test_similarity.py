@@ -1,4 +1,4 @@
-"""Refinement similarities: identity, invariances, masks, gradients."""
+"""Refinement objectives (``xctreg.objectives``): identity, invariances, masks, gradients."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xctreg.errors import XctregError
-from xctreg.similarity import SIMILARITIES, get_similarity
+from xctreg.objectives import OBJECTIVES, get_objective
 
 
 def _image(shift: float = 0.0) -> torch.Tensor:
@@ -15,9 +15,9 @@ def _image(shift: float = 0.0) -> torch.Tensor:
     return torch.exp(-((u - 18 - shift) ** 2 + (v - 22) ** 2) / 60) + 0.5 * torch.sin(u / 4 + shift / 4) * torch.cos(v / 5)
 
 
-@pytest.mark.parametrize("name", list(SIMILARITIES))
-def test_similarity_identity_scaling_and_shift(name: str) -> None:
-    f = get_similarity(name)
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_identity_scaling_and_shift(name: str) -> None:
+    f = get_objective(name)
     a = _image()
     assert float(f(a, a, None)) == pytest.approx(1.0, abs=1e-3)
     assert float(f(3 * a + 2, a, None)) == pytest.approx(1.0, abs=1e-3)  # any linear scaling
@@ -25,9 +25,9 @@ def test_similarity_identity_scaling_and_shift(name: str) -> None:
     assert 1.0 > near > far  # falls off with misalignment
 
 
-@pytest.mark.parametrize("name", list(SIMILARITIES))
-def test_similarity_mask_ignores_outside_pixels(name: str) -> None:
-    f = get_similarity(name)
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_mask_ignores_outside_pixels(name: str) -> None:
+    f = get_objective(name)
     a = _image()
     mask = torch.zeros_like(a)
     mask[6:42, 5:35] = 1
@@ -36,9 +36,9 @@ def test_similarity_mask_ignores_outside_pixels(name: str) -> None:
     assert float(f(a, b, None)) < 0.99
 
 
-@pytest.mark.parametrize("name", list(SIMILARITIES))
-def test_similarity_is_differentiable_and_batched(name: str) -> None:
-    f = get_similarity(name)
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_objective_is_differentiable_and_batched(name: str) -> None:
+    f = get_objective(name)
     a = torch.stack([_image(0.5), _image(2.0)]).requires_grad_(True)
     b = torch.stack([_image(), _image()])
     s = f(a, b, None)
@@ -47,14 +47,14 @@ def test_similarity_is_differentiable_and_batched(name: str) -> None:
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
 
 
-def test_unknown_similarity() -> None:
+def test_unknown_objective() -> None:
     with pytest.raises(XctregError, match="unknown similarity 'mi'"):
-        get_similarity("mi")
+        get_objective("mi")
 
 
 def test_outlier_mask_leaves_out_what_the_ct_lacks() -> None:
     """A thin bright rod in the X-ray, absent from the DRR, is left out; little else is."""
-    from xctreg.similarity import outlier_mask
+    from xctreg.objectives import outlier_mask
 
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
@@ -76,7 +76,7 @@ def test_blur_and_with_blur() -> None:
     """``blur``: σ 0 leaves an image as it is, a constant stays constant, the sum is kept away
     from the borders, and a batch takes one σ per image. ``with_blur`` blurs only the moving
     image: an X-ray blurred by σ matches its sharp DRR best at σ."""
-    from xctreg.similarity import blur, gradncc, with_blur
+    from xctreg.objectives import blur, gradncc, with_blur
 
     x = _image()
     assert torch.equal(blur(x, 0.0), x)

@@ -1,4 +1,4 @@
-"""Registration metrics (SPEC §6): mTRE, mPD, success rates, per-parameter errors, NCC, SSIM, CSS.
+"""Registration metrics: mTRE, mPD, success rates, per-parameter errors, NCC, SSIM, CSS.
 
 Poses are ``T_cam_from_world`` (…, 4, 4) in mm; targets are world points
 (LPS mm); images are (…, H, W) tensors.
@@ -109,7 +109,7 @@ def ssim_css(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None)
     return ((s * w).sum(dim=(1, 2, 3)) / n).reshape(shape), ((cs * w).sum(dim=(1, 2, 3)) / n).reshape(shape)
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
+def image_scores(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, float]:
     """{"ncc", "ssim", "css"} between two single images (H, W), inside ``mask`` (1 = use) if given.
 
     With a mask, pixels outside it are first set to the image's minimum inside it, so that

@@ -5,7 +5,7 @@ has already applied −log to transmission images and honoured MONOCHROME1).
 ``prepare_xray`` then:
 
 1. finds the collimated borders (``detect_field``) and masks them out of the
-   similarity; systems show them black or saturated white, both are found;
+   refinement objective; systems show them black or saturated white, both are found;
 2. combines that with an optional user mask;
 3. resamples image and mask onto the model's detector (``resample_to_camera``)
    when the X-ray was taken with another detector size, pixel spacing, SDD
@@ -58,7 +58,7 @@ class PreparedXray:
 
     Attributes:
         image: (H, W) float32 in [0, 1] inside the field, bone bright.
-        mask: (H, W) float32, 1 where the similarity may look (exposed field and not user-masked).
+        mask: (H, W) float32, 1 where the objective may look (exposed field and not user-masked).
         camera: the model camera the image now lives on.
         field_fraction: the share of the image's pixels inside the mask.
         input_camera: the detector the X-ray came on (before resampling), when known.
@@ -83,7 +83,7 @@ class NativeXray:
 
     Attributes:
         image: (H, W) float32 in [0, 1] inside the field, bone bright.
-        mask: (H, W) float32, 1 where the similarity may look.
+        mask: (H, W) float32, 1 where the objective may look.
         camera: the X-ray's detector.
     """
 

