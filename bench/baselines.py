@@ -6,19 +6,21 @@ refinement without the network, on X-rays from an independent renderer.
 The X-rays are `bench/realism.py`'s (DiffDRR's Siddon renderer, other physics, seeded
 held-out poses; report seed 2027) on the model's detector. Every method starts from the
 regressor's pose of the same X-ray (the last row: from the reference pose, no network) and
-uses the same pyramid (32, 64, 128 px) and similarity (patch NCC) as gradient refinement's
+uses the same pyramid (32, 64, 128 px) and objective (patch NCC) as gradient refinement's
 model levels (`register.refine`):
 
 The rows are ``evaluate.run_baselines``' (what `xctreg evaluate --baselines` runs) plus one:
 
 - ``gradient, model levels``: `register.refine`, Adam steps through the differentiable renderer;
 - ``cma-es, model levels``, ``powell, model levels``: `baselines.refine_derivative_free`,
-  forward renders only;
+  forward renders only, run to convergence (or their render budget);
+- ``cma-es, equal time``, ``powell, equal time``: the same, stopped when they have used the
+  wall time gradient refinement took on that X-ray;
 - ``no network``: `Registrar.register` started from the reference pose instead of the regressor's;
 - ``register``: the whole `Registrar.register` (restarts and the last level on gradient NCC).
 
 Each row: mTRE median and mean ± std, SR@10, NCC / SSIM / CSS between the X-ray and the final
-DRR, renders (or steps) and seconds per X-ray. The last line printed is JSON.
+DRR, renders (or steps), seconds per X-ray and the mean signed error of each parameter. The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     import realism as R
 
     from xctreg.evaluate import BaselineRun, run_baselines
+    from xctreg.geometry import PoseSpace
     from xctreg.metrics import mtre, target_points
     from xctreg.register import Registrar
 
@@ -66,8 +69,9 @@ def main() -> None:
             full = reg.register(img, cam)
             runs["register"] = BaselineRun(full.params, time.perf_counter() - t, full.similarity, full.iterations)
             for method, run in runs.items():
-                row = rows.setdefault(method, {k: [] for k in ("mtre", "ncc", "ssim", "css", "s", "work")})
+                row = rows.setdefault(method, {k: [] for k in ("mtre", "ncc", "ssim", "css", "s", "work", "signed")})
                 row["mtre"].append(float(mtre(T(run.params), T(shot.truth), pts)))
+                row["signed"].append(PoseSpace.difference(np.asarray(run.params), np.asarray(shot.truth)).tolist())
                 row["s"].append(run.seconds)
                 row["work"].append(run.work)
                 for k, v in run.similarity.items():
@@ -84,14 +88,18 @@ def summarise(v: dict[str, list[float]]) -> dict[str, float]:
     e = np.asarray(v["mtre"])
     return {"median": float(np.median(e)), "mean": float(e.mean()), "std": float(e.std()), "sr_10mm": float(np.mean(e < 10)),
             "ncc": float(np.mean(v["ncc"])), "ssim": float(np.mean(v["ssim"])), "css": float(np.mean(v["css"])),
-            "work": float(np.mean(v["work"])), "s": float(np.mean(v["s"]))}  # fmt: skip
+            "work": float(np.mean(v["work"])), "s": float(np.mean(v["s"])),
+            "bias": np.asarray(v["signed"]).reshape(-1, 6).mean(0).tolist()}  # fmt: skip
 
 
 def markdown(name: str, rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"| {name} | mTRE median | mean ± std (mm) | SR@10 | NCC | SSIM | CSS | renders or steps | s / X-ray |", "|---" * 9 + "|"]
+    lines = [f"| {name} | mTRE median | mean ± std (mm) | SR@10 | NCC | SSIM | CSS | renders or steps | s / X-ray | "
+             "bias rx ry rz (°) | bias tx ty tz (mm) |", "|---" * 11 + "|"]  # fmt: skip
     for m, r in rows.items():
+        b = r["bias"]
         lines.append(f"| {m} | {r['median']:.2f} | {r['mean']:.2f} ± {r['std']:.2f} | {r['sr_10mm']:.0%} | {r['ncc']:.3f} | "
-                     f"{r['ssim']:.3f} | {r['css']:.3f} | {r['work']:.0f} | {r['s']:.1f} |")  # fmt: skip
+                     f"{r['ssim']:.3f} | {r['css']:.3f} | {r['work']:.0f} | {r['s']:.1f} | "
+                     f"{' '.join(f'{v:+.2f}' for v in b[:3])} | {' '.join(f'{v:+.2f}' for v in b[3:])} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import report_browser  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -31,3 +36,21 @@ def test_demo_fast_end_to_end_and_rerun(cli, tmp_path) -> None:
     assert res.code == 0, res.err
     assert json.loads((out / "eval" / "metrics.json").read_text())["n"] == 1
     assert "continuing the training run" in res.out
+    check_in_browser(out / "report.html", tmp_path / "report.png")  # last: it skips where Chromium is missing
+
+
+def check_in_browser(report: Path, screenshot: Path) -> None:
+    """The report as headless Chromium shows it 1280 px wide: every image loaded and of a
+    visible size, every table filled, and nothing running off the right edge."""
+    why = report_browser.missing()
+    if why is not None:
+        pytest.skip(f"browser check: {why}")
+    info = report_browser.inspect(report, 1280, screenshot)
+    assert info["images"] and info["tables"]
+    for img in info["images"]:
+        assert img["loaded"], f"broken image {img['alt']}"
+        assert img["width"] > 50 and img["height"] > 50, img
+        assert img["right"] <= info["window_width"] + 1, f"{img['alt']} runs off the page: {img}"
+    assert all(t["rows"] > 1 and t["right"] <= info["window_width"] + 1 for t in info["tables"]), info["tables"]
+    assert info["scroll_width"] <= info["window_width"], "the page scrolls sideways"
+    assert screenshot.stat().st_size > 10_000
