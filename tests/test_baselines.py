@@ -12,6 +12,18 @@ from xctreg.register import RefineConfig, refine
 from xctreg.render import Renderer
 
 
+TRUE = np.array([2.0, -3.0, 4.0, 5.0, -4.0, 8.0])
+START = TRUE + np.array([3.0, -3.0, 2.0, 6.0, -6.0, 6.0])  # 3° / 6 mm off
+
+
+def _phantom_xray(volume, size: int) -> tuple[PoseReference, Camera, np.ndarray]:  # noqa: ANN001
+    """The reference, a size² camera and the phantom's X-ray at TRUE on it."""
+    ref = PoseReference(tuple(volume.center), 750.0)
+    cam = Camera(1020.0, size, size, (6.4 * 64 / size, 6.4 * 64 / size))
+    img = Renderer(volume, cam, reference=ref)(torch.tensor(TRUE[None], dtype=torch.float32))[0, 0].numpy()
+    return ref, cam, img
+
+
 @pytest.mark.parametrize("method", ["cma-es", "powell"])
 def test_derivative_free_refinement_closes_in_from_a_perturbed_start(small_phantom, method: str) -> None:
     """From a start 3°/6 mm off, on the same levels and objective as gradient refinement, each
@@ -19,11 +31,8 @@ def test_derivative_free_refinement_closes_in_from_a_perturbed_start(small_phant
     renders, and reports the same kind of Refinement."""
     from xctreg.baselines import SearchConfig, refine_derivative_free
 
-    ref = PoseReference(tuple(small_phantom.center), 750.0)
-    cam = Camera(1020.0, 64, 64, (6.4, 6.4))
-    true = np.array([2.0, -3.0, 4.0, 5.0, -4.0, 8.0])
-    img = Renderer(small_phantom, cam, reference=ref)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
-    start = true + np.array([3.0, -3.0, 2.0, 6.0, -6.0, 6.0])
+    ref, cam, img = _phantom_xray(small_phantom, 64)
+    true, start = TRUE, START
     cfg = RefineConfig(sizes=(32, 64), iterations=(40, 30), objective="ncc")
     search = SearchConfig(evaluations=(300, 200))
     out = refine_derivative_free(small_phantom, img, cam, ref, start, method, cfg, search)  # type: ignore[arg-type]
@@ -46,11 +55,8 @@ def test_a_time_budget_stops_the_search(small_phantom, method: str) -> None:
 
     from xctreg.baselines import SearchConfig, refine_derivative_free
 
-    ref = PoseReference(tuple(small_phantom.center), 750.0)
-    cam = Camera(1020.0, 32, 32, (12.8, 12.8))
-    true = np.array([2.0, -3.0, 4.0, 5.0, -4.0, 8.0])
-    img = Renderer(small_phantom, cam, reference=ref)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
-    start = true + np.array([3.0, -3.0, 2.0, 6.0, -6.0, 6.0])
+    ref, cam, img = _phantom_xray(small_phantom, 32)
+    start = START
     cfg = RefineConfig(sizes=(16, 32), iterations=(40, 30), objective="ncc")
     renderers: dict = {}
     free = refine_derivative_free(small_phantom, img, cam, ref, start, method, cfg, SearchConfig(evaluations=(300, 200)), renderers=renderers)  # type: ignore[arg-type]

@@ -206,14 +206,15 @@ def _img(path: Path, alt: str, width: int | None = None) -> str:
 
 def _baselines_html(metrics: dict[str, Any], out: Path) -> str:
     """The section comparing xctreg's refinement with the conventional baselines on the first X-rays."""
+    from xctreg.evaluate import signed_errors
+
     rows = metrics.get("baselines")
     if not rows:
         return ""
     n = len(next(iter(rows.values()))["mtre_each"])
     body = [[name, f"{r['median_mtre_mm']:.2f}", f"{r['mean_mtre_mm']:.2f} ± {r['std_mtre_mm']:.2f}", f"{r['sr_10mm']:.0%}",
              f"{r['ncc']:.3f}", f"{r['ssim']:.3f}", f"{r['css']:.3f}", f"{r['seconds_per_xray']:.1f}",
-             " ".join(f"{v:+.2f}" for v in list(r["param_bias"].values())[:3]),
-             " ".join(f"{v:+.2f}" for v in list(r["param_bias"].values())[3:])] for name, r in rows.items()]  # fmt: skip
+             signed_errors(r, 0), signed_errors(r, 3)] for name, r in rows.items()]  # fmt: skip
     table = _table(["method", "mTRE median (mm)", "mean ± std", "SR@10", "NCC", "SSIM", "CSS", "s / X-ray",
                     "bias rx ry rz (°)", "bias tx ty tz (mm)"], body)  # fmt: skip
     return (f"<h3>Against the conventional refinement ({n} of these X-rays)</h3><p>The same start (the regressor's pose), "

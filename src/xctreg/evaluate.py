@@ -189,7 +189,7 @@ def metrics_markdown(m: dict[str, Any]) -> str:
                  "bias rx ry rz (°) | bias tx ty tz (mm) |\n" + "|---" * 10 + "|\n")  # fmt: skip
         text += "\n".join(
             f"| {name} | {r['median_mtre_mm']:.2f} | {r['mean_mtre_mm']:.2f} ± {r['std_mtre_mm']:.2f} | {r['sr_10mm']:.0%} | "
-            f"{r['ncc']:.3f} | {r['ssim']:.3f} | {r['css']:.3f} | {r['seconds_per_xray']:.1f} | {_signed(r, 0)} | {_signed(r, 3)} |"
+            f"{r['ncc']:.3f} | {r['ssim']:.3f} | {r['css']:.3f} | {r['seconds_per_xray']:.1f} | {signed_errors(r, 0)} | {signed_errors(r, 3)} |"
             for name, r in m["baselines"].items()
         ) + "\n"
     return text
@@ -215,8 +215,8 @@ def _baseline_figure(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def _signed(row: dict[str, Any], first: int) -> str:
-    """Three mean signed errors of a baseline row, from parameter ``first`` on."""
+def signed_errors(row: dict[str, Any], first: int) -> str:
+    """Three mean signed errors of a baseline row (deg or mm), from parameter ``first`` on, as text."""
     bias = list(row.get("param_bias", {}).values())[first : first + 3]
     return " ".join(f"{v:+.2f}" for v in bias) if bias else "—"
 

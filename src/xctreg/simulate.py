@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from xctreg._fs import write_json
-from xctreg.geometry import DEFAULT_SID_MM, PRESET_CAMERAS, Camera, Pose, PoseRanges, PoseReference, PoseSpace, rotation_to_positioner  # noqa: F401 - PRESET_CAMERAS re-exported
+from xctreg.geometry import DEFAULT_SID_MM, Camera, Pose, PoseRanges, PoseReference, PoseSpace, rotation_to_positioner
 from xctreg.io.volume import Volume
 from xctreg.io.xray import XRAY_SUFFIXES, write_xray
 from xctreg.render import RenderConfig, Renderer
