@@ -68,8 +68,9 @@ class Shot:
 
 
 # ------------------------------------------------------------------ rendering
-def render_shots(model_dir: Path, n: int, seed: int, size: int | None) -> tuple[list[Shot], object]:
-    """DiffDRR Siddon line integrals at ``n`` poses drawn around the model's view (seeded)."""
+def render_shots(model_dir: Path, n: int, seed: int, size: int | None, params: np.ndarray | None = None) -> tuple[list[Shot], object]:
+    """DiffDRR Siddon line integrals at ``n`` poses drawn around the model's view (seeded), or
+    at the given ``params`` (n, 6; deg, mm, relative to the model's view)."""
     from diffdrr.data import read
     from diffdrr.drr import DRR
 
@@ -79,7 +80,7 @@ def render_shots(model_dir: Path, n: int, seed: int, size: int | None) -> tuple[
 
     reg = Registrar(model_dir)
     cam = reg.camera if size is None else reg.camera.resized(size, size)
-    truth = reg.space.sample(n, seed=seed)
+    truth = reg.space.sample(n, seed=seed) if params is None else np.asarray(params, dtype=np.float64)
     ct_path = Path(reg.meta["ct_path"])
     first = diffdrr_export(reg.space.to_matrix(torch.as_tensor(truth[0])).numpy(), cam, ct_path)
     kw = {"orientation": first["read"]["orientation"], "center_volume": first["read"]["center_volume"]}
@@ -139,8 +140,10 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(img, sigma, mode="reflect")
 
 
-def make_xray(shot: Shot, effects: set[str], rng: np.random.Generator, mu: float, mu_bone: float) -> np.ndarray:
-    """One 16-bit-quantised, bone-bright X-ray (H, W) in [0, 1] with the given effects."""
+def make_xray(shot: Shot, effects: set[str], rng: np.random.Generator, mu: float, mu_bone: float,
+              radius: tuple[float, float] = (0.38, 0.46)) -> np.ndarray:
+    """One 16-bit-quantised, bone-bright X-ray (H, W) in [0, 1] with the given effects;
+    ``radius``: the collimator's radius range (a fraction of the width)."""
     h, w = shot.L.shape
     att = mu_bone * shot.L_bone if "bone" in effects else mu * shot.L
     primary = np.exp(-att)
@@ -162,7 +165,7 @@ def make_xray(shot: Shot, effects: set[str], rng: np.random.Generator, mu: float
     if "collimator" in effects:
         yy, xx = np.mgrid[0:h, 0:w]
         cy, cx = h / 2 + rng.uniform(-0.05, 0.05) * h, w / 2 + rng.uniform(-0.05, 0.05) * w
-        r = rng.uniform(0.38, 0.46) * w
+        r = rng.uniform(*radius) * w
         intensity = np.where((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r, intensity, 0.02 * intensity)
     photons = 3e3 if "low-dose" in effects else 3e4
     counts = np.maximum(rng.poisson(photons * intensity), 1.0)

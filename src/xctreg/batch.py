@@ -68,24 +68,29 @@ class Outputs:
 def write_outputs(result: Any, registrar: Any, outputs: Outputs, title: str = "", frames: int = 40) -> None:
     """Write a ``Result``'s JSON and, if asked, its overlay PNG (DRR edges at the initial and final
     pose) and its animated GIF (DRR edges along the refinement trajectory, up to ``frames``)."""
+    write_json(outputs.result, result.to_dict())
+    write_figures(result, registrar, outputs.overlay, outputs.animation, title, frames)
+
+
+def write_figures(result: Any, registrar: Any, overlay: Path | None, animation: Path | None, title: str = "", frames: int = 40) -> None:
+    """A ``Result``'s overlay PNG and animated GIF (see ``write_outputs``; None = not written)."""
     from xctreg.viz import registration_animation, registration_overlay
 
-    write_json(outputs.result, result.to_dict())
-    if outputs.overlay is None and outputs.animation is None:
+    if overlay is None and animation is None:
         return
     r = registrar.renderer(result.camera)
     start = result.initial.params
-    if outputs.overlay is not None:
+    if overlay is not None:
         with torch.no_grad():
             pair = r(torch.as_tensor(np.stack([start, result.params]), dtype=torch.float32))[:, 0].cpu().numpy()
-        registration_overlay(result.image, pair[0], pair[1], outputs.overlay, title=f"{title}: initial (red), final (green)")
-    if outputs.animation is not None:
+        registration_overlay(result.image, pair[0], pair[1], overlay, title=f"{title}: initial (red), final (green)")
+    if animation is not None:
         traj = np.concatenate([start[None], result.trajectory, result.params[None]])
         pick = np.unique(np.linspace(0, len(traj) - 1, min(frames, len(traj))).round().astype(int))
         with torch.no_grad():
             drrs = torch.cat([r(torch.as_tensor(traj[pick[i : i + 16]], dtype=torch.float32)) for i in range(0, len(pick), 16)])
         labels = ["regressor" if k == 0 else ("final" if k == len(traj) - 1 else f"step {k}") for k in pick]
-        registration_animation(result.image, list(drrs[:, 0].cpu().numpy()), labels, outputs.animation)
+        registration_animation(result.image, list(drrs[:, 0].cpu().numpy()), labels, animation)
 
 
 SUMMARY_FIELDS = (

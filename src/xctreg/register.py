@@ -714,7 +714,7 @@ class Registrar:
 
     def register(
         self,
-        image: np.ndarray | torch.Tensor | str | os.PathLike[str],
+        image: np.ndarray | torch.Tensor | str | os.PathLike[str] | PreparedXray,
         geometry: Camera | dict[str, Any] | str | os.PathLike[str] | None = None,
         refine_pose: bool = True,
         config: RefineConfig | None = None,
@@ -725,13 +725,14 @@ class Registrar:
     ) -> Result:
         """Preprocess, regress, then (by default) refine one X-ray (bone bright unless ``transmission``).
 
-        ``image``: an (H, W) array or a path (.npy, .png, .tif, DICOM); ``geometry``: see
+        ``image``: an (H, W) array or a path (.npy, .png, .tif, DICOM), or an X-ray ``prepare``
+        made (then ``geometry``, ``mask``, ``preprocess`` and ``transmission`` are not used); ``geometry``: see
         ``prepare``; ``mask``: (H, W), 1 = use the pixel. ``start_params`` (deg, mm): start
         from these instead of the regressor's estimate (e.g. the reference pose, zeros: the
         no-network baseline). ``Result.to_dict()`` is the result JSON (pose, initial, similarity, timing).
         """
         t0 = time.perf_counter()
-        xr = self.prepare(image, geometry, mask, preprocess, transmission)
+        xr = image if isinstance(image, PreparedXray) else self.prepare(image, geometry, mask, preprocess, transmission)
         if start_params is None:
             reg = self.regress(xr)
         else:

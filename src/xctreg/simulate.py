@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -120,3 +120,55 @@ def simulate_random(
                                         "ranges": space.ranges.to_dict(), "poses": entries})  # fmt: skip
     return out_dir / "poses.json"
 
+
+
+def simulate_views(
+    volume: Volume,
+    camera: Camera,
+    views_deg: Sequence[tuple[float, float, float]],
+    names: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    config: SimulateConfig | None = None,
+    pose: str | os.PathLike[str] | Pose | None = None,
+    ranges: PoseRanges | None = None,
+    models: Sequence[str] | None = None,
+    fmt: str = ".png",
+    device: torch.device | str = "cpu",
+) -> Path:
+    """Render one patient pose from several C-arm views about the CT's centre (multi-view).
+
+    The pose is the first view's (``pose``, a pose JSON or ``Pose``; default: random within
+    ``ranges`` around the first view, seeded by ``config.seed``). View k's camera is the first's
+    moved as the reference views differ (``T_cam_from_first`` = view k's reference pose times
+    the inverse of the first's; a C-arm turned about the isocentre). Writes ``view{k}_{name}<fmt>``
+    with its pose JSON per view, ``session.json`` (``models`` as the views' models, when given)
+    and ``truth.json`` (the first view's pose and every view's). Returns session.json's path.
+    """
+    from xctreg.geometry import read_pose
+    from xctreg.multiview import rig_between
+
+    cfg = config or SimulateConfig()
+    if fmt not in XRAY_SUFFIXES:
+        raise XctregError(f"unsupported image format {fmt}; use one of {', '.join(XRAY_SUFFIXES)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refs = [PoseReference.centred_on(volume, cfg.sid_mm, v) for v in views_deg]
+    space = PoseSpace(refs[0], ranges or PoseRanges())
+    if pose is None:
+        first = space.pose(space.sample(1, seed=cfg.seed)[0])
+    else:
+        first = pose if isinstance(pose, Pose) else read_pose(pose, reference=refs[0])
+    views, truth = [], []
+    for k, (ref, name) in enumerate(zip(refs, names, strict=True)):
+        rig = rig_between(refs[0], ref)
+        p = Pose(rig @ first.T_cam_from_world, ref)
+        img, _ = simulate_one(volume, camera, p, out_dir / f"view{k}_{name}{fmt}", replace(cfg, seed=cfg.seed + k), device)
+        entry: dict[str, object] = {"xray": img.name, "geometry": "geometry.json", "T_cam_from_first": rig.tolist()}
+        if models is not None:
+            entry = {"model": str(Path(models[k]).resolve()), **entry}
+        views.append(entry)
+        truth.append(p.to_dict())
+    write_json(out_dir / "geometry.json", camera.to_dict())
+    write_json(out_dir / "truth.json", {"first": Pose(first.T_cam_from_world, refs[0]).to_dict(), "views": truth})
+    write_json(out_dir / "session.json", {"views": views})
+    return out_dir / "session.json"

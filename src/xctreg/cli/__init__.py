@@ -19,6 +19,7 @@ from xctreg.cli import (  # noqa: F401 - importing a command module registers it
     evaluate,
     attention,
     register,
+    multiview,
     project,
     export,
     demo,

@@ -1,0 +1,199 @@
+"""Multi-view registration (SPEC §7): sessions, rigs, combining proposals, joint refinement and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+from xctreg.geometry import PoseReference, params_to_matrix, parse_view
+from xctreg.multiview import (
+    MultiviewConfig,
+    ViewReport,
+    check_rig,
+    combine_proposals,
+    register_views,
+    rig_axis,
+    rig_between,
+    rotation_about,
+)
+from xctreg.errors import XctregError
+
+C = (10.0, -20.0, 30.0)
+AP, LAT = PoseReference(C, 750.0), PoseReference(C, 750.0, parse_view("lat-left"))
+
+
+@pytest.fixture(scope="module")
+def lat_model(model_dir):
+    """A tiny lateral (lat-left) model of the same small phantom as ``model_dir``'s AP model."""
+    from xctreg.io import read_volume
+    from xctreg.train import Trainer, quick_test_config
+
+    ct = model_dir / "ct.nii.gz"
+    out = model_dir / "lat"
+    if not (out / "config.json").exists():
+        Trainer(read_volume(ct), out, quick_test_config(steps=2, view_deg=(0.0, 90.0, 0.0)), ct_path=ct, log=lambda s: None).fit()
+    return out
+
+
+def test_rig_between_maps_one_reference_pose_onto_the_other() -> None:
+    rig = rig_between(AP, LAT)
+    z = torch.zeros(6, dtype=torch.float64)
+    assert np.allclose(rig @ params_to_matrix(z, AP).numpy(), params_to_matrix(z, LAT).numpy(), atol=1e-9)
+    # AP and lateral about one isocentre: the C-arm turns about the image's vertical axis through it
+    a, o = rig_axis(rig)
+    assert np.allclose(np.abs(a), (0, 1, 0), atol=1e-9) and np.allclose(o, (0, 0, 750.0), atol=1e-6)
+
+
+def test_rotation_about_keeps_its_axis_fixed() -> None:
+    a, o = np.array([0.0, 0.6, 0.8]), np.array([5.0, -3.0, 700.0])
+    assert torch.allclose(rotation_about(a, o, torch.tensor(0.0, dtype=torch.float64)), torch.eye(4, dtype=torch.float64))
+    M = rotation_about(a, o, torch.tensor(0.3, dtype=torch.float64)).numpy()
+    for x in (o, o + 40 * a):
+        assert np.allclose(M[:3, :3] @ x + M[:3, 3], x, atol=1e-9)
+    assert np.isclose(np.degrees(np.arccos((np.trace(M[:3, :3]) - 1) / 2)), np.degrees(0.3))
+
+
+def test_check_rig_refuses_what_is_not_rigid() -> None:
+    assert np.array_equal(check_rig(np.eye(4).tolist(), "T"), np.eye(4))
+    bad = np.eye(4)
+    bad[0, 0] = 1.2
+    for T, fragment in ((bad, "not a rigid"), (np.eye(3), "4x4"), ([[1, 0, 0, 0]] * 3 + [["a", 0, 0, 1]], "numbers")):
+        with pytest.raises(XctregError, match=fragment):
+            check_rig(np.asarray(T).tolist() if not isinstance(T, list) else T, "T")
+
+
+def _off(T: np.ndarray, d_cam: np.ndarray) -> np.ndarray:
+    """``T`` with its translation moved by ``d_cam`` (mm, the first camera's frame)."""
+    U = T.copy()
+    U[:3, 3] += d_cam
+    return U
+
+
+def test_combining_takes_each_views_in_plane_position_and_not_its_depth() -> None:
+    """The AP proposal is 10 mm off in depth (its z), the lateral one 10 mm off in its own
+    depth (the first camera's x): weighted by what each view sees, the combination is close to
+    the truth on both axes, where a plain mean would be 5 mm off on each."""
+    truth = params_to_matrix(torch.tensor([2.0, -3.0, 4.0, 5.0, -6.0, 7.0], dtype=torch.float64), AP).numpy()
+    rigs = [np.eye(4), rig_between(AP, LAT)]
+    props = [_off(truth, np.array([0.0, 0.0, 10.0])), _off(truth, np.array([10.0, 0.0, 0.0]))]
+    T, w, d = combine_proposals(props, rigs, [1.0, 1.0], np.asarray(C), depth_weight=4.0)
+    err = np.abs(T[:3, 3] - truth[:3, 3])
+    assert err.max() < 1.0, err
+    assert np.allclose(T[:3, :3], truth[:3, :3], atol=1e-9) and np.all(w > 0.5)
+
+
+def test_combining_down_weights_a_proposal_that_disagrees() -> None:
+    truth = params_to_matrix(torch.tensor([1.0, 2.0, -1.0, 3.0, 4.0, -5.0], dtype=torch.float64), AP).numpy()
+    lat_r = PoseReference(C, 750.0, parse_view("lat-right"))
+    rigs = [np.eye(4), rig_between(AP, LAT), rig_between(AP, lat_r)]
+    props = [_off(truth, np.array([0.5, -0.3, 2.0])), _off(truth, np.array([1.5, 0.2, -0.4])), _off(truth, np.array([0.0, 60.0, 0.0]))]
+    T, w, d = combine_proposals(props, rigs, [1.0, 1.0, 1.0], np.asarray(C))
+    assert np.abs(T[:3, 3] - truth[:3, 3]).max() < 2.5
+    assert w[2] < 0.1 * min(w[0], w[1]) and d[2] > 40
+
+
+def _xray(reg, params, seed=0):  # noqa: ANN001, ANN202 - an xctreg DRR at the model's camera
+    with torch.no_grad():
+        return reg.renderer()(torch.as_tensor(params[None], dtype=torch.float32))[0, 0].numpy()
+
+
+def test_the_second_view_sees_the_first_views_depth_through_the_rig(model_dir, lat_model) -> None:
+    """Off in the AP view's depth (tz), the lateral view's objective pulls tz back 5x harder
+    than the AP view's own: it sees that depth as an in-plane shift. The gradient reaches the
+    first view's parameters through the rig and the lateral renderer."""
+    from xctreg.multiview import _Joint, _level, _scores
+    from xctreg.register import Registrar
+
+    ra, rb = Registrar(model_dir / "m"), Registrar(lat_model)
+    rig = rig_between(ra.reference, rb.reference)
+    truth = np.array([2.0, -1.0, 1.5, 4.0, -3.0, 6.0])
+    pb = rb.space.from_matrix(torch.as_tensor(rig @ ra.space.to_matrix(torch.as_tensor(truth)).numpy())).numpy()
+    xa, xb = ra.prepare(_xray(ra, truth)), rb.prepare(_xray(rb, pb))
+    joint = _Joint(ra, [np.eye(4), rig], MultiviewConfig())
+    level = _level([ra, rb], [xa, xb], 32, MultiviewConfig().refine)
+    grads = []
+    for view in (0, 1):
+        p = torch.as_tensor(truth + np.array([0, 0, 0, 0, 0, 6.0])).requires_grad_(True)
+        _scores(level, joint.poses(p), "gradncc", [view])[0].backward()
+        grads.append(p.grad.numpy())
+    assert grads[1][5] < 0 and abs(grads[1][5]) > 5 * abs(grads[0][5]), grads  # towards the truth, and mostly from the lateral
+    assert abs(grads[1][3]) < abs(grads[1][5])  # the lateral view's depth is the AP's x: little pull there
+
+
+def test_a_view_its_ct_cannot_explain_is_left_out_and_the_other_registered_alone(model_dir, lat_model) -> None:
+    from xctreg.register import Registrar
+
+    ra, rb = Registrar(model_dir / "m"), Registrar(lat_model)
+    truth = np.array([1.0, 2.0, -1.0, 3.0, 2.0, -4.0])
+    xa = ra.prepare(_xray(ra, truth))
+    noise = np.random.default_rng(0).random((32, 32)).astype(np.float32)  # a wrong X-ray: nothing of the CT in it
+    xb = rb.prepare(noise)
+    res = register_views([ra, rb], [xa, xb], [np.eye(4), rig_between(ra.reference, rb.reference)])
+    assert res.flagged == [1] and res.reports[1].weight == 0 and "poorly explained" in res.reports[1].flag
+    alone = ra.register(xa)
+    assert np.allclose(res.joint.params, alone.params, atol=1e-9)  # exactly the good view alone
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["views"][1]["multiview"]["left_out"] is True and d["joint"]["flagged_views"] == [1]
+
+
+def test_view_report_json_has_no_nan() -> None:
+    json.dumps(ViewReport(1.0, None, None, 0.5, 1.0).to_dict(), allow_nan=False)
+
+
+def test_simulate_and_register_multiview_cli(cli, model_dir, lat_model, tmp_path) -> None:
+    m = model_dir / "m"
+    out = tmp_path / "mv"
+    res = cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", out, "--views", "ap,lat-left", "--geometry", m / "geometry.json",
+              "--models", f"{m},{lat_model}", "--ranges", "3,3,3,5,5,5", "--seed", "1")  # fmt: skip
+    assert res.code == 0, res.err
+    session = json.loads((out / "session.json").read_text())
+    truth = json.loads((out / "truth.json").read_text())
+    assert len(session["views"]) == 2 and session["views"][0]["T_cam_from_first"] == np.eye(4).tolist()
+    T0, T1 = np.asarray(truth["first"]["T_cam_from_world"]), np.asarray(truth["views"][1]["T_cam_from_world"])
+    assert np.allclose(np.asarray(session["views"][1]["T_cam_from_first"]) @ T0, T1)
+    res = cli("register-multiview", out / "session.json", "--overlay", tmp_path / "ov")
+    assert res.code == 0, res.err
+    r = json.loads((out / "session.result.json").read_text())
+    assert set(r) == {"joint", "views"} and len(r["views"]) == 2
+    for k, v in enumerate(r["views"]):  # every view's result is the joint pose seen through its rig
+        assert np.allclose(np.asarray(session["views"][k]["T_cam_from_first"]) @ np.asarray(r["joint"]["T_cam_from_world"]),
+                           np.asarray(v["T_cam_from_world"]), atol=1e-6)  # fmt: skip
+        assert {"ncc", "ssim", "css"} <= set(v["similarity"]) and "multiview" in v
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["view0_ap.png", "view1_lat-left.png"]
+
+
+def test_register_multiview_refuses_bad_sessions(cli, model_dir, lat_model, tmp_path) -> None:
+    m = model_dir / "m"
+    cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", tmp_path, "--geometry", m / "geometry.json",
+        "--models", f"{m},{lat_model}", "--ranges", "2,2,2,3,3,3")  # fmt: skip
+    good = json.loads((tmp_path / "session.json").read_text())
+
+    def session(views, name="s.json"):  # noqa: ANN001, ANN202
+        p = tmp_path / name
+        p.write_text(json.dumps({"views": views}))
+        return p
+
+    bent = json.loads(json.dumps(good["views"]))
+    bent[1]["T_cam_from_first"][0][0] = 1.3
+    assert_one_line_error(cli("register-multiview", session(bent)), "not a rigid")
+    assert_one_line_error(cli("register-multiview", session(good["views"][:1])), "at least two views")
+    missing = json.loads(json.dumps(good["views"]))
+    missing[1]["xray"] = "nowhere.png"
+    assert_one_line_error(cli("register-multiview", session(missing)), "not found")
+    moved = json.loads(json.dumps(good["views"]))
+    moved[0]["T_cam_from_first"][0][3] = 5.0
+    assert_one_line_error(cli("register-multiview", session(moved)), "identity")
+    other = tmp_path / "other_ct_model"
+    shutil.copytree(lat_model, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["ct_sha256"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli("register-multiview", session(good["views"]), "--models", f"{m},{other}"), "different CTs")
+    assert_one_line_error(cli("register-multiview", session(good["views"]), "--models", f"{m}"), "2 views")
+    assert_one_line_error(cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", tmp_path / "x", "--views", "ap"), "at least two")
