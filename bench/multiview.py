@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,23 +35,6 @@ from realism import make_xray, render_shots, set_effects
 
 SETS = ("clean", "realistic", "wrong", "collimated")
 METHODS = ("first", "second", "joint")
-
-
-def sample_pairs(reg_a, reg_b, rig: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """``n`` poses (deg, mm) of the first view within its ranges whose second-view parameters lie
-    within the second model's ranges: (n, 6) for each view."""
-    pa, pb = [], []
-    k = 0
-    while len(pa) < n:
-        cand = reg_a.space.sample(200, seed=seed * 1000 + k)
-        k += 1
-        for p in cand:
-            T = rig @ reg_a.space.to_matrix(torch.as_tensor(p)).numpy()
-            q = reg_b.space.from_matrix(torch.as_tensor(T)).numpy()
-            if reg_b.space.ranges.contains(q) and len(pa) < n:
-                pa.append(p)
-                pb.append(q)
-    return np.asarray(pa), np.asarray(pb)
 
 
 def stats(e: list[float], d: np.ndarray, secs: list[float]) -> dict:
@@ -70,7 +54,7 @@ def markdown(out: dict) -> str:
     head = "| set | method | median / p95 mm | SR@10 | " + " | ".join(f"{k} bias ± sd" for k in PARAM_NAMES) + " | s | flagged |"
     rows = [head, "|" + "---|" * (6 + len(PARAM_NAMES))]
     for name, s in out["sets"].items():
-        for m in METHODS:
+        for m in (m for m in METHODS if m in s):
             r = s[m]
             pp = " | ".join(f"{r['params'][k]['bias']:+.2f} ± {r['params'][k]['std']:.2f}" for k in PARAM_NAMES)
             fl = f"{s['flagged_second']:.0%} 2nd, {s['flagged_first']:.0%} 1st" if m == "joint" else ""
@@ -87,6 +71,8 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--refine-rig", action="store_true")
     ap.add_argument("--rig-error-deg", type=float, default=0.0, help="Render the second view with its rig rotated by this much (the encoder's error).")
+    ap.add_argument("--joint-only", action="store_true", help="Skip the single-view rows (tuning).")
+    ap.add_argument("--final-iterations", type=int, default=None, help="Override MultiviewConfig.final_iterations.")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -96,7 +82,7 @@ def main() -> None:
 
     from xctreg.geometry import PoseSpace
     from xctreg.metrics import mtre, target_points
-    from xctreg.multiview import MultiviewConfig, register_views, rig_axis, rig_between, rotation_about
+    from xctreg.multiview import MultiviewConfig, register_views, rig_axis, rig_between, rotation_about, sample_session_poses
     from xctreg.register import Registrar
 
     reg_a, reg_b = Registrar(args.model_a), Registrar(args.model_b)
@@ -105,7 +91,7 @@ def main() -> None:
     if args.rig_error_deg:
         a, o = rig_axis(rig)
         true_rig = rig @ rotation_about(a, o, torch.tensor(np.radians(args.rig_error_deg), dtype=torch.float64)).numpy()
-    pa, _ = sample_pairs(reg_a, reg_b, rig, args.n, args.seed)
+    pa, _ = sample_session_poses([reg_a.space, reg_b.space], [np.eye(4), rig], args.n, args.seed)
     pb = np.stack([reg_b.space.from_matrix(torch.as_tensor(true_rig @ reg_a.space.to_matrix(torch.as_tensor(p)).numpy())).numpy() for p in pa])
     t0 = time.perf_counter()
     shots_a, cam = render_shots(args.model_a, args.n, args.seed, None, params=pa)
@@ -116,38 +102,47 @@ def main() -> None:
     pts = torch.as_tensor(target_points(reg_a.ct(), 5000))
     T_a = lambda q: reg_a.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     cfg = MultiviewConfig(refine_rig=args.refine_rig)
+    if args.final_iterations is not None:
+        cfg = replace(cfg, final_iterations=args.final_iterations)
+    methods = ("joint",) if args.joint_only else METHODS
     out: dict = {"models": [str(args.model_a), str(args.model_b)], "n": args.n, "seed": args.seed, "rig_error_deg": args.rig_error_deg,
                  "refine_rig": args.refine_rig, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = np.random.default_rng([args.seed, 100 + SETS.index(name)])
         effects = set_effects("clean" if name == "clean" else "realistic")
-        err = {m: [] for m in METHODS}
-        par = {m: [] for m in METHODS}
-        secs = {m: [] for m in METHODS}
+        err: dict[str, list] = {m: [] for m in METHODS}
+        par: dict[str, list] = {m: [] for m in METHODS}
+        secs: dict[str, list] = {m: [] for m in METHODS}
         flagged = [0, 0]
+        reports = []
         for i in range(args.n):
             img_a = make_xray(shots_a[i], effects, rng, *mus[0])
             j = (i + args.n // 2) % args.n if name == "wrong" else i
             radius = (0.12, 0.16) if name == "collimated" else (0.38, 0.46)
             img_b = make_xray(shots_b[j], effects | ({"collimator"} if name == "collimated" else set()), rng, *mus[1], radius=radius)
-            ra = reg_a.register(img_a, cam)
-            rb = reg_b.register(img_b, cam)
-            Tb0 = np.linalg.inv(rig) @ rb.pose.T_cam_from_world
+            if not args.joint_only:
+                ra = reg_a.register(img_a, cam)
+                rb = reg_b.register(img_b, cam)
+                Tb0 = np.linalg.inv(rig) @ rb.pose.T_cam_from_world
             t1 = time.perf_counter()
             xa, xb = reg_a.prepare(img_a, cam), reg_b.prepare(img_b, cam)
             mv = register_views([reg_a, reg_b], [xa, xb], [np.eye(4), rig], cfg)
             t_joint = time.perf_counter() - t1
             flagged[0] += mv.reports[0].flag is not None
             flagged[1] += mv.reports[1].flag is not None
-            for m, T, s in (("first", ra.pose.T_cam_from_world, ra.timing_s["total"]), ("second", Tb0, rb.timing_s["total"]),
-                            ("joint", mv.joint.pose.T_cam_from_world, t_joint)):  # fmt: skip
+            reports.append([r.to_dict() for r in mv.reports])
+            rows = [("joint", mv.joint.pose.T_cam_from_world, t_joint)]
+            if not args.joint_only:
+                rows += [("first", ra.pose.T_cam_from_world, ra.timing_s["total"]), ("second", Tb0, rb.timing_s["total"])]
+            for m, T, s in rows:
                 err[m].append(float(mtre(torch.as_tensor(T), T_a(pa[i]), pts)))
                 par[m].append(reg_a.space.from_matrix(torch.as_tensor(T)).numpy())
                 secs[m].append(s)
-            print(json.dumps({"set": name, "i": i, **{m: round(err[m][-1], 3) for m in METHODS},
+            print(json.dumps({"set": name, "i": i, **{m: round(err[m][-1], 3) for m in methods},
                               "flags": [r.flag is not None for r in mv.reports], "s": round(t_joint, 2)}), flush=True)  # fmt: skip
-        s = {m: stats(err[m], PoseSpace.difference(np.asarray(par[m]), pa), secs[m]) for m in METHODS}
+        s = {m: stats(err[m], PoseSpace.difference(np.asarray(par[m]), pa), secs[m]) for m in methods}
         s["flagged_first"], s["flagged_second"] = flagged[0] / args.n, flagged[1] / args.n
+        s["reports"] = reports
         out["sets"][name] = s
     print(markdown(out))
     if args.out is not None:

@@ -143,7 +143,9 @@ def test_a_view_its_ct_cannot_explain_is_left_out_and_the_other_registered_alone
 
 
 def test_view_report_json_has_no_nan() -> None:
-    json.dumps(ViewReport(1.0, None, None, 0.5, 1.0).to_dict(), allow_nan=False)
+    d = ViewReport(0.0, "left out", None, 0.5, float("nan")).to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["score_alone"] is None and d["proposal_disagreement_mm"] is None and d["left_out"] is True
 
 
 def test_simulate_and_register_multiview_cli(cli, model_dir, lat_model, tmp_path) -> None:
@@ -166,6 +168,10 @@ def test_simulate_and_register_multiview_cli(cli, model_dir, lat_model, tmp_path
                            np.asarray(v["T_cam_from_world"]), atol=1e-6)  # fmt: skip
         assert {"ncc", "ssim", "css"} <= set(v["similarity"]) and "multiview" in v
     assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == ["view0_ap.png", "view1_lat-left.png"]
+    res = cli("register-multiview", out / "session.json", "--no-refine", "--out", tmp_path / "start.json")
+    assert res.code == 0, res.err
+    start = json.loads((tmp_path / "start.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert start["joint"]["iterations"] == 0 and start["views"][0]["multiview"]["score_alone"] is None
 
 
 def test_register_multiview_refuses_bad_sessions(cli, model_dir, lat_model, tmp_path) -> None:
@@ -197,3 +203,33 @@ def test_register_multiview_refuses_bad_sessions(cli, model_dir, lat_model, tmp_
     assert_one_line_error(cli("register-multiview", session(good["views"]), "--models", f"{m},{other}"), "different CTs")
     assert_one_line_error(cli("register-multiview", session(good["views"]), "--models", f"{m}"), "2 views")
     assert_one_line_error(cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", tmp_path / "x", "--views", "ap"), "at least two")
+
+
+def test_evaluate_views_compares_each_view_alone_with_the_joint(cli, model_dir, lat_model, tmp_path) -> None:
+    m = model_dir / "m"
+    res = cli("evaluate", m, "--views", "ap,lat-left", "--models", lat_model, "--n", "1", "--out", tmp_path / "ev")
+    assert res.code == 0, res.err
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["ap alone", "lat-left alone", "joint"] and metrics["n"] == 1
+    assert "in-distribution" in (tmp_path / "ev" / "metrics.md").read_text(encoding="utf-8")
+    assert_one_line_error(cli("evaluate", m, "--views", "ap,lat-right", "--models", lat_model, "--n", "2"), "not lat-right")
+    assert_one_line_error(cli("evaluate", m, "--views", "ap", "--n", "2"), "two or more views")
+
+
+def test_the_rigs_degree_of_freedom_turns_it_about_its_own_axis_within_the_bound() -> None:
+    from xctreg.multiview import _Joint
+
+    class _First:  # the only thing _Joint reads of the first view's Registrar
+        reference = AP
+
+    rig = rig_between(AP, LAT)
+    joint = _Joint(_First(), [np.eye(4), rig], MultiviewConfig(refine_rig=True, rig_bound_deg=2.0))
+    assert torch.allclose(joint.rig(1), torch.as_tensor(rig))
+    u = torch.tensor([0.0, 5.0], dtype=torch.float64, requires_grad=True)  # tanh(5) ≈ 1: at the bound
+    R = joint.rig(1, u)
+    turn = (R[:3, :3] @ torch.as_tensor(rig[:3, :3]).T).detach().numpy()
+    assert np.isclose(np.degrees(np.arccos((np.trace(turn) - 1) / 2)), 2.0, atol=1e-3)
+    iso = np.array([0.0, 0.0, 750.0, 1.0])  # the isocentre stays where the rig puts it
+    assert np.allclose(R.detach().numpy() @ iso, rig @ iso, atol=1e-9)
+    R[0, 2].backward()
+    assert u.grad is not None and u.grad[1] != 0

@@ -22,6 +22,8 @@ def evaluate_cmd(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Regressor only.")] = False,
     targets: Annotated[Path | None, typer.Option("--targets", help="CSV of mTRE target points: name,x,y,z in LPS mm (default: up to 5000 CT voxels above -200 HU).")] = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also refine the same X-rays by CMA-ES and Powell (same levels, objective and start) and without the network; a table in metrics.md.")] = False,
+    views: Annotated[str | None, typer.Option("--views", help="Multi-view: the views to compare, e.g. ap,lat-left; the first is MODEL_DIR's, the others come from --models. Each view alone and all jointly.")] = None,
+    models: Annotated[str | None, typer.Option("--models", help="With --views: a MODEL_DIR per further view, comma-separated, in --views order.")] = None,
 ) -> None:
     """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
     from xctreg.evaluate import evaluate
@@ -37,6 +39,9 @@ def evaluate_cmd(
 
         pts = read_points_csv(targets)[1]
     out = out or model_dir / "eval"
+    if views is not None or models is not None:
+        _evaluate_views(model_dir, views, models, n, out, device, seed)
+        return
     with _progress("evaluating") as bar:
         task = bar.add_task("eval", total=n)
         m = evaluate(model_dir, n, out, resolve_device(device), seed,
@@ -45,3 +50,30 @@ def evaluate_cmd(
         f"{n} X-rays: median mTRE {m['median_mtre_mm']:.2f} mm, SR@10mm {m['sr_10mm']:.1%}, "
         f"SR@20mm {m['sr_20mm']:.1%} ({'with refinement' if m['refine'] else 'regressor only'}); wrote {out}/metrics.json"
     )
+
+
+def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: int, out: Path, device: str, seed: int) -> None:
+    """``evaluate --views``: every view alone and all jointly, on the same poses."""
+    from xctreg._fs import read_json
+    from xctreg.evaluate import evaluate_views
+    from xctreg.geometry import parse_view, view_name
+    from xctreg.runtime import resolve_device
+
+    names = [v.strip() for v in (views or "").split(",") if v.strip()]
+    dirs = [model_dir] + [Path(m.strip()) for m in (models or "").split(",") if m.strip()]
+    if len(names) < 2 or len(dirs) != len(names):
+        raise XctregError(f"--views needs two or more views and --models one MODEL_DIR per view after the first (got {len(names)} views, {len(dirs) - 1} models)")
+    for name, d in zip(names, dirs, strict=True):
+        cfg = d / "config.json"
+        if not cfg.is_file():
+            raise XctregError(f"{d} is not a model folder (no config.json)")
+        ref = read_json(cfg, "model config").get("reference")
+        have = parse_view(ref.get("view_deg", (0.0, 0.0, 0.0)) if isinstance(ref, dict) else (0.0, 0.0, 0.0))
+        if view_name(have) != view_name(parse_view(name)):  # type: ignore[arg-type]
+            raise XctregError(f"{d} was trained around the {view_name(have)} view, not {name}")
+    with _progress("evaluating views") as bar:
+        task = bar.add_task("eval", total=n)
+        m = evaluate_views(dirs, n, out, resolve_device(device), seed, progress=lambda d, t: bar.update(task, completed=d))
+    rows = m["methods"]
+    alone = ", ".join(f"{k} {r['median_mtre_mm']:.2f}" for k, r in rows.items() if k != "joint")
+    _echo(f"{n} poses: median mTRE joint {rows['joint']['median_mtre_mm']:.2f} mm ({alone} mm); wrote {out}/metrics.md")
