@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if "wrong" in sets and args.n < 2:
+        ap.error("the wrong set pairs each AP X-ray with another pose's lateral: --n must be at least 2")
     unknown = sorted(set(sets) - set(SETS))
     if unknown:
         ap.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")

@@ -233,3 +233,62 @@ def test_the_rigs_degree_of_freedom_turns_it_about_its_own_axis_within_the_bound
     assert np.allclose(R.detach().numpy() @ iso, rig @ iso, atol=1e-9)
     R[0, 2].backward()
     assert u.grad is not None and u.grad[1] != 0
+
+
+def _run_with_scores(model_dir, lat_model, alone: list[float], at_joint: list[float]):  # noqa: ANN001, ANN202
+    """A _JointRun over ``len(alone)`` views (the two tiny models, repeated) whose scores alone and
+    at the joint pose are given: for the leave-out rule alone."""
+    from xctreg.multiview import _JointRun
+    from xctreg.register import Refinement, Registrar
+
+    ra, rb = Registrar(model_dir / "m"), Registrar(lat_model)
+    regs = [ra, rb, rb][: len(alone)]
+    rigs = [np.eye(4)] + [rig_between(ra.reference, r.reference) for r in regs[1:]]
+    run = _JointRun(regs, [None] * len(regs), rigs, MultiviewConfig())
+    run.alone = [Refinement(np.zeros(6), a, 0, 0.0) for a in alone]
+    run.weights = np.ones(len(alone))
+    run.p = np.zeros(6)
+    run._scores_at = lambda p: list(at_joint)  # type: ignore[method-assign]
+    return run
+
+
+def test_the_view_that_drops_most_is_left_out_but_of_two_the_first_is_kept(model_dir, lat_model) -> None:
+    run = _run_with_scores(model_dir, lat_model, [0.95, 0.9, 0.92], [0.94, 0.6, 0.9])
+    assert run.check() and run.weights.tolist() == [1.0, 0.0, 1.0] and "disagrees" in run.flags[1]
+    assert not run.check()  # the others agree: nothing more to leave out
+    run = _run_with_scores(model_dir, lat_model, [0.95, 0.9], [0.6, 0.85])  # two views: the first dropped most, yet is kept
+    assert run.check() and run.weights.tolist() == [1.0, 0.0]
+    run = _run_with_scores(model_dir, lat_model, [0.95, 0.9], [0.9, 0.8])  # within flag_drop: both stay
+    assert not run.check() and run.weights.tolist() == [1.0, 1.0]
+
+
+def test_combining_views_that_all_scored_nothing_does_not_fail(model_dir, lat_model) -> None:
+    run = _run_with_scores(model_dir, lat_model, [0.0, -0.2], [0.0, 0.0])
+    run.T0s = [np.eye(4), np.eye(4)]
+    run.T0s[0][:3, 3] = run.T0s[1][:3, 3] = (0.0, 0.0, 750.0)
+    weights, _ = run._combine(np.zeros(2))
+    assert np.all(weights > 0) and np.all(np.isfinite(run.p))
+
+
+def test_a_rig_without_a_turn_has_no_axis_to_refine() -> None:
+    from xctreg.multiview import _Joint
+
+    class _First:
+        reference = AP
+
+    shift = np.eye(4)
+    shift[0, 3] = 40.0  # the table moved, the C-arm did not turn
+    joint = _Joint(_First(), [np.eye(4), shift], MultiviewConfig(refine_rig=True))
+    assert joint.axes[1] is None
+    assert torch.allclose(joint.rig(1, torch.tensor([0.0, 3.0], dtype=torch.float64)), torch.as_tensor(shift))
+
+
+def test_models_given_on_the_command_line_are_read_from_the_working_folder(cli, model_dir, lat_model, tmp_path, monkeypatch) -> None:
+    m = model_dir / "m"
+    assert cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", tmp_path / "s", "--geometry", m / "geometry.json").code == 0
+    session = tmp_path / "s" / "session.json"
+    assert "model" not in json.loads(session.read_text())["views"][0]
+    assert_one_line_error(cli("register-multiview", session), "has no \"model\"")
+    monkeypatch.chdir(model_dir)
+    res = cli("register-multiview", session, "--models", f"m,{lat_model.name}", "--no-refine")
+    assert res.code == 0, res.err

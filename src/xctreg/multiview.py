@@ -120,7 +120,8 @@ def read_session(path: str | os.PathLike[str], models: Sequence[str | os.PathLik
         T = check_rig(v["T_cam_from_first"], f"{name}: T_cam_from_first")
         if k == 0 and not np.allclose(T, np.eye(4), atol=1e-6):
             raise XctregError(f"{name}: the first view's T_cam_from_first must be the identity")
-        spec = ViewSpec(_resolve(base, model), _resolve(base, xray), T, None if geom is None else _resolve(base, geom))
+        model_path = Path(model).expanduser().resolve() if models is not None else _resolve(base, model)  # the command line's: from here
+        spec = ViewSpec(model_path, _resolve(base, xray), T, None if geom is None else _resolve(base, geom))
         for what, p in (("X-ray", spec.xray), ("geometry", spec.geometry)):
             if p is not None and not p.is_file():
                 raise XctregError(f"{name}: {what} {p} not found")
@@ -136,8 +137,8 @@ def _resolve(base: Path, p: str | os.PathLike[str]) -> Path:
 
 
 def rig_between(first: PoseReference, other: PoseReference) -> np.ndarray:
-    """``T_cam_from_first`` (4x4, mm) of two reference views of one CT: the camera of ``other``'s
-    reference pose in the camera frame of ``first``'s (e.g. AP and lateral about one isocentre)."""
+    """``T_cam_from_first`` (4x4, mm) of two reference views of one CT: the map from ``first``'s
+    camera frame to ``other``'s, at their reference poses (e.g. AP and lateral about one isocentre)."""
     z = torch.zeros(6, dtype=torch.float64)
     Ta, Tb = params_to_matrix(z, first).numpy(), params_to_matrix(z, other).numpy()
     return Tb @ np.linalg.inv(Ta)
@@ -147,6 +148,8 @@ def sample_session_poses(spaces: Sequence[Any], rigs: Sequence[np.ndarray], n: i
     """``n`` poses of the first view, drawn within its ranges (seeded), whose parameters in every
     other view (through its rig) also lie within that view's ranges: one (n, 6) array per view
     (deg, mm, each relative to its own view). ``spaces`` are the views' ``PoseSpace``s."""
+    if n < 1:
+        raise XctregError(f"the number of poses must be at least 1, got {n}")
     out: list[list[np.ndarray]] = [[] for _ in spaces]
     for k in range(1000):
         for p in spaces[0].sample(200, seed=seed * 1000 + k):
@@ -179,7 +182,7 @@ def rig_axis(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vals, vecs = np.linalg.eigh(R + R.T)
         w = vecs[:, int(np.argmax(vals))]
     a = w / np.linalg.norm(w)
-    # points x with R x + t = x + (t·a) a: (I - R) x = t - (t·a) a, a line along a; take its point nearest the z axis
+    # points x with R x + t = x + (t·a) a: (I - R) x = t - (t·a) a, a line along a
     o = np.linalg.lstsq(np.eye(3) - R, t - (t @ a) * a, rcond=None)[0]  # the least-norm point: nearest the source
     return a, o
 
@@ -262,16 +265,21 @@ class ViewReport:
     rig_delta_deg: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weight": round(self.weight, 4), "flagged": self.flag is not None, "left_out": self.weight == 0, "reason": self.flag,
-                "score_alone": None if self.score_alone is None else round(self.score_alone, 4), "score_joint": round(self.score_joint, 4),
-                "proposal_disagreement_mm": round(self.disagreement_mm, 3) if math.isfinite(self.disagreement_mm) else None,
-                "rig_delta_deg": round(self.rig_delta_deg, 4)}  # fmt: skip
+        return {"weight": _num(self.weight, 4), "flagged": self.flag is not None, "left_out": self.weight == 0, "reason": self.flag,
+                "score_alone": _num(self.score_alone, 4), "score_joint": _num(self.score_joint, 4),
+                "proposal_disagreement_mm": _num(self.disagreement_mm, 3), "rig_delta_deg": _num(self.rig_delta_deg, 4)}  # fmt: skip
+
+
+def _num(x: float | None, digits: int) -> float | None:
+    """``x`` to ``digits`` significant digits for JSON; None for None or a non-finite value."""
+    return None if x is None or not math.isfinite(x) else float(f"{x:.{digits}g}")
 
 
 @dataclass
 class MultiviewResult:
-    """The joint registration: ``joint`` is the first view's result; ``views`` holds every view's
-    result in its own camera (``views[0]`` has the first view's own regressor pose as initial),
+    """The joint registration: ``joint`` is the first view's result (its ``initial`` the first
+    view's regressor pose, as in single-view results; ``joint_start`` the combined start the
+    joint refinement began from); ``views`` holds every view's result in its own camera,
     ``reports`` how each view took part, ``rigs`` the rigs used (refined with ``refine_rig``)."""
 
     joint: Result
@@ -320,15 +328,16 @@ class _Joint:
     def __init__(self, first: Registrar, rigs: Sequence[np.ndarray], cfg: MultiviewConfig) -> None:
         self.first = first
         self.rigs = [torch.as_tensor(T, dtype=torch.float64) for T in rigs]
-        self.axes = [rig_axis(T) if k else None for k, T in enumerate(rigs)]
+        self.axes = [rig_axis(T) if k and _angle_deg(T[:3, :3], np.eye(3)) > 0.5 else None for k, T in enumerate(rigs)]  # no turn: no axis
         self.bound = math.radians(cfg.rig_bound_deg)
         self.u = torch.zeros(len(rigs), dtype=torch.float64)  # rig deltas: bound · tanh(u)
 
     def rig(self, k: int, u: torch.Tensor | None = None) -> torch.Tensor:
         u = self.u if u is None else u
-        if k == 0 or self.axes[k] is None:
+        axis = self.axes[k]
+        if axis is None:
             return self.rigs[k]
-        a, o = self.axes[k]  # type: ignore[misc]
+        a, o = axis
         return self.rigs[k] @ rotation_about(a, o, self.bound * torch.tanh(u[k]))
 
     def poses(self, p: torch.Tensor, u: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -364,7 +373,7 @@ def refine_joint(joint: _Joint, level: _Level, start: np.ndarray, weights: Seque
     n = 0
     for _ in range(iterations):
         q = torch.cat([rot, tr])
-        s = (torch.stack(_scores(level, joint.poses(q, u), objective, active)).double() * w).sum()
+        s = (torch.stack(_scores(level, joint.poses(q, u), objective, active)).double().cpu() * w).sum()
         n += 1
         path.append(q.detach().numpy().copy())
         score = float(s.detach())
@@ -503,12 +512,15 @@ class _JointRun:
                 self.flags[k] = f"its X-ray is poorly explained by its CT on its own (score {a.score:.2f} < {cfg.flag_score:g})"
                 self.weights[k] = 0.0
         if refine_pose and self.active() == 0:  # every view is poor: keep them all, flagged
-            self.weights = np.asarray([max(a.score, 1e-6) for a in self.alone])
+            self.quality = np.full(len(self.alone), 1e-6)
+            self.weights = self.quality.copy()
 
     def _combine(self, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Combine the proposals of the views with ``quality`` > 0 into the start ``self.p``;
         returns every view's weight and disagreement (mm; 0 and NaN for the others)."""
         keep = [k for k, q in enumerate(quality) if q > 0]
+        if not keep:  # every view scored 0 or less: combine them all, equally
+            quality, keep = np.ones(len(quality)), list(range(len(quality)))
         centre = np.asarray(self.first.reference.isocenter_mm, dtype=np.float64)
         T, w, d = combine_proposals([self.T0s[k] for k in keep], [self.rigs[k] for k in keep], quality[keep], centre,
                                     self.cfg.depth_weight, self.cfg.disagree_mm)  # fmt: skip
@@ -534,10 +546,11 @@ class _JointRun:
         """Start from the combination or any view's own proposal, whichever the joint objective
         prefers; then the joint levels, coarse to fine."""
         cfg, rc = self.cfg, self.cfg.refine
-        self.weights, _ = self._combine(np.where(self.weights > 0, self.quality, 0.0))
+        self.joint.u = torch.zeros_like(self.joint.u)  # a rerun without a view starts afresh
+        self.weights, _ = self._combine(np.where(self.weights > 0, np.maximum(self.quality, 1e-6), 0.0))
         level = _level(self.regs, self.xrays, cfg.sizes[0], rc)
         cands = [self.p] + [self._first_params(T) for k, T in enumerate(self.T0s) if self.weights[k] > 0]
-        self.p = cands[int(np.argmax([self._objective(level, c, rc.objective) for c in cands]))]
+        self.p = self.start = cands[int(np.argmax([self._objective(level, c, rc.objective) for c in cands]))]
         for i, (size, it) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
             level = level if i == 0 else _level(self.regs, self.xrays, size, rc)
             self._run_level(level, rc.objective, it, len(cfg.proposal_sizes) - 1 + i)
@@ -574,7 +587,11 @@ class _JointRun:
         """One view left: exactly what single-view ``register`` gives, mapped to the first view."""
         k = int(np.argmax(self.weights))
         res = self.regs[k].register(self.xrays[k], config=self.cfg.refine)
-        self.p = self._first_params(np.linalg.inv(self.rigs[k]) @ res.pose.T_cam_from_world)
+        to_first = np.linalg.inv(self.rigs[k])
+        self.p = self._first_params(to_first @ res.pose.T_cam_from_world)
+        self.start = self._first_params(to_first @ res.initial.T_cam_from_world)
+        if len(res.trajectory):
+            self.traj.append(self._first_params(to_first @ self.regs[k].space.to_matrix(torch.as_tensor(res.trajectory)).numpy()))
         self.iters += res.iterations
         self.joint.u = torch.zeros_like(self.joint.u)
 
@@ -593,12 +610,13 @@ class _JointRun:
         for k, (reg, xr, g) in enumerate(zip(self.regs, self.xrays, self.regressions, strict=True)):
             pk = reg.space.from_matrix(torch.as_tensor(rigs[k] @ T0)).numpy()
             tk = reg.space.from_matrix(torch.as_tensor(rigs[k] @ path)).numpy() if len(path) else np.zeros((0, 6))
-            timing = {"regress": g.seconds, "refine": seconds - sum(r.seconds for r in self.regressions), "total": seconds}
+            t_reg = sum(r.seconds for r in self.regressions)  # the whole session's: regress + refine = total
+            timing = {"regress": t_reg, "refine": seconds - t_reg, "total": seconds}
             extra = {"model_dir": str(reg.dir.resolve()), "ct_path": reg.meta.get("ct_path")}
             results.append(Result(reg.space.pose(pk), g.pose, reg.scores_at(xr, pk), timing, self.iters, tk, xr.image, xr.mask,
                                   xr.camera, xr.input_camera, xr.positioner_deg, extra))  # fmt: skip
         start = Pose(self.first.space.to_matrix(torch.as_tensor(self.start)).numpy(), self.first.reference)
-        joint = replace(results[0], initial=start, extra={**results[0].extra, "views": len(self.regs)})
+        joint = replace(results[0], extra={**results[0].extra, "n_views": len(self.regs), "joint_start": start.to_dict()})
         return MultiviewResult(joint, results, reports, rigs)
 
 

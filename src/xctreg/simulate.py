@@ -137,15 +137,15 @@ def simulate_views(
 ) -> Path:
     """Render one patient pose from several C-arm views about the CT's centre (multi-view).
 
-    The pose is the first view's (``pose``, a pose JSON or ``Pose``; default: random within
-    ``ranges`` around the first view, seeded by ``config.seed``). View k's camera is the first's
+    The pose is the first view's (``pose``, a pose JSON or ``Pose``; default: random, seeded
+    by ``config.seed``, within ``ranges`` around every view). View k's camera is the first's
     moved as the reference views differ (``T_cam_from_first`` = view k's reference pose times
     the inverse of the first's; a C-arm turned about the isocentre). Writes ``view{k}_{name}<fmt>``
     with its pose JSON per view, ``session.json`` (``models`` as the views' models, when given)
     and ``truth.json`` (the first view's pose and every view's). Returns session.json's path.
     """
     from xctreg.geometry import read_pose
-    from xctreg.multiview import rig_between
+    from xctreg.multiview import rig_between, sample_session_poses
 
     cfg = config or SimulateConfig()
     if fmt not in XRAY_SUFFIXES:
@@ -153,9 +153,9 @@ def simulate_views(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     refs = [PoseReference.centred_on(volume, cfg.sid_mm, v) for v in views_deg]
-    space = PoseSpace(refs[0], ranges or PoseRanges())
-    if pose is None:
-        first = space.pose(space.sample(1, seed=cfg.seed)[0])
+    spaces = [PoseSpace(ref, ranges or PoseRanges()) for ref in refs]
+    if pose is None:  # within every view's ranges, as each view's model was trained
+        first = spaces[0].pose(sample_session_poses(spaces, [rig_between(refs[0], r) for r in refs], 1, cfg.seed)[0][0])
     else:
         first = pose if isinstance(pose, Pose) else read_pose(pose, reference=refs[0])
     views, truth = [], []

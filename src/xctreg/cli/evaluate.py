@@ -40,6 +40,8 @@ def evaluate_cmd(
         pts = read_points_csv(targets)[1]
     out = out or model_dir / "eval"
     if views is not None or models is not None:
+        if no_refine or baselines or targets is not None:
+            raise XctregError("--views does not go with --no-refine, --baselines or --targets")
         _evaluate_views(model_dir, views, models, n, out, device, seed)
         return
     with _progress("evaluating") as bar:
@@ -67,7 +69,8 @@ def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: i
         cfg = d / "config.json"
         if not cfg.is_file():
             raise XctregError(f"{d} is not a model folder (no config.json)")
-        ref = read_json(cfg, "model config").get("reference")
+        conf = read_json(cfg, "model config")
+        ref = conf.get("reference") if isinstance(conf, dict) else None
         have = parse_view(ref.get("view_deg", (0.0, 0.0, 0.0)) if isinstance(ref, dict) else (0.0, 0.0, 0.0))
         if view_name(have) != view_name(parse_view(name)):  # type: ignore[arg-type]
             raise XctregError(f"{d} was trained around the {view_name(have)} view, not {name}")
