@@ -87,3 +87,25 @@ def test_train_log_writes_csv_rows_and_console_lines(tmp_path) -> None:
     assert rows[2].split(",")[4] == "3.000" and len(lines) == 1 and "3.00 mm" in lines[0]
     assert ticks[-1] == ("train", 50, 60)
     assert math.isclose(float(rows[1].split(",")[3]), sum(1.0 / s for s in range(1, 26)) / 25, rel_tol=1e-4)
+
+
+def test_geodesic_loss_is_the_rotation_angle_plus_the_translation_term() -> None:
+    """The geodesic-loss baseline (``TrainConfig.loss="geodesic"``): zero at the truth, the
+    rotation's geodesic angle over the ranges' half-width, no dependence on target points."""
+    import numpy as np
+    import torch
+
+    from xctreg.geometry import PoseReference, PoseSpace
+    from xctreg.train import TrainConfig, pose_loss
+
+    space = PoseSpace(PoseReference((0.0, 0.0, 0.0), 750.0))
+    p = torch.as_tensor(space.sample(4, seed=3), dtype=torch.float32)
+    cfg = TrainConfig(loss="geodesic")
+    q = space.normalize(p)
+    assert float(pose_loss(q, p, space, torch.zeros(5, 3), cfg)) < 1e-6
+    off = p.clone()
+    off[:, 2] += 3.0  # 3° about the beam, nothing else
+    got = float(pose_loss(space.normalize(off), p, space, torch.randn(5, 3) * 100, cfg))
+    assert np.isclose(got, 3.0 / 15.0, rtol=1e-3)  # the default rotation half-width is 15°
+    tre = float(pose_loss(space.normalize(off), p, space, torch.randn(5, 3) * 100, TrainConfig()))
+    assert tre != got

@@ -19,6 +19,7 @@ def train(
     preset: Annotated[str, typer.Option("--preset", help="quick (CPU, 128² X-rays) or paper (GPU, 256²).")] = "quick",
     variant: Annotated[str, typer.Option("--variant", help="Model: A, A+B, A+C or A+B+C.")] = "A+B+C",
     no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="One stage at full range (ablation).")] = False,
+    loss: Annotated[str, typer.Option("--loss", help="tre (parameters + target points) or geodesic (rotation angle + translation; the baseline after Salehi et al. 2018).")] = "tre",
     steps: Annotated[int | None, typer.Option("--steps", help="Override the preset's number of steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     view: Annotated[str | None, typer.Option("--view", help=_VIEW_HELP)] = None,
@@ -38,10 +39,12 @@ def train(
     from xctreg.runtime import resolve_device
     from xctreg.train import Trainer, preset as get_preset
 
+    if loss not in ("tre", "geodesic"):
+        raise XctregError(f"unknown --loss {loss!r}; use tre or geodesic")
     view_deg, pose_ranges = _view_and_ranges(view, ranges, view_from)
     cfg = get_preset(preset)
     cfg = replace(cfg, model=ModelConfig(**{**cfg.model.__dict__, "variant": variant}), seed=seed, view_deg=view_deg,
-                  ranges=pose_ranges, curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps)  # fmt: skip
+                  ranges=pose_ranges, curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps, loss=loss)  # fmt: skip
     if cfg.steps < 1:
         raise XctregError("--steps must be >= 1")
     check_writable(out, MIN_FREE_BYTES)  # the cached training data's size is checked when it is generated
