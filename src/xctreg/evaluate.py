@@ -84,6 +84,7 @@ def evaluate(
         "refine": refine,
         "median_mtre_mm": float(np.median(e)),
         "mean_mtre_mm": float(np.mean(e)),
+        "std_mtre_mm": float(np.std(e)),
         "median_mpd_mm": float(np.median(d)),
         "mean_mpd_mm": float(np.mean(d)),
         **success_rates(e, (20.0, 10.0, 5.0, 2.0, 1.0)),
