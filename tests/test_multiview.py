@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error
-from xctreg.geometry import PoseReference, params_to_matrix, parse_view
+from xctreg.geometry import PoseReference, params_to_matrix, parse_view, rigid_matrix
 from xctreg.multiview import (
     MultiviewConfig,
     ViewReport,
-    check_rig,
     combine_proposals,
     register_views,
     rig_axis,
@@ -58,13 +57,13 @@ def test_rotation_about_keeps_its_axis_fixed() -> None:
     assert np.isclose(np.degrees(np.arccos((np.trace(M[:3, :3]) - 1) / 2)), np.degrees(0.3))
 
 
-def test_check_rig_refuses_what_is_not_rigid() -> None:
-    assert np.array_equal(check_rig(np.eye(4).tolist(), "T"), np.eye(4))
+def test_rigid_matrix_refuses_what_is_not_rigid() -> None:
+    assert np.array_equal(rigid_matrix(np.eye(4).tolist(), "T"), np.eye(4))
     bad = np.eye(4)
     bad[0, 0] = 1.2
     for T, fragment in ((bad, "not a rigid"), (np.eye(3), "4x4"), ([[1, 0, 0, 0]] * 3 + [["a", 0, 0, 1]], "numbers")):
         with pytest.raises(XctregError, match=fragment):
-            check_rig(np.asarray(T).tolist() if not isinstance(T, list) else T, "T")
+            rigid_matrix(np.asarray(T).tolist() if not isinstance(T, list) else T, "T")
 
 
 def _off(T: np.ndarray, d_cam: np.ndarray) -> np.ndarray:

@@ -278,6 +278,26 @@ def is_rigid(T: np.ndarray, tol: float = 1e-4) -> bool:
     )
 
 
+def rigid_matrix(v: Any, name: str) -> np.ndarray:
+    """A JSON 4x4 rigid transform (rows of numbers, mm) as float64, or one error line naming it.
+
+    A matrix rigid only to ``is_rigid``'s 1e-4 (e.g. printed to a few decimals) is made exactly
+    rigid, so that parameters derived from it agree with it and a pose written back reads back;
+    an exactly rigid matrix is kept bit for bit."""
+    try:
+        T = np.asarray([json_numbers(r) for r in json_rows(v)], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise XctregError(f"{name} must be a 4x4 array of numbers") from None
+    if T.shape != (4, 4):
+        raise XctregError(f"{name} must be 4x4, got shape {T.shape}")
+    if not is_rigid(T):
+        raise XctregError(f"{name} is not a rigid transform (orthonormal R, det 1, last row 0 0 0 1)")
+    if np.abs(T[:3, :3].T @ T[:3, :3] - np.eye(3)).max() > 1e-12 or np.any(T[3] != (0.0, 0.0, 0.0, 1.0)):
+        T[:3, :3] = nearest_rotation(T[:3, :3])
+        T[3] = (0.0, 0.0, 0.0, 1.0)
+    return T
+
+
 # --------------------------------------------------------------------------- pose parameters
 @dataclass(frozen=True)
 class PoseReference:
@@ -481,22 +501,7 @@ class Pose:
             raise XctregError(f"{name} must be a JSON object")
         if "reference" in d:
             reference = PoseReference.from_dict(d["reference"], name=f"{name} reference")
-        T = None
-        if "T_cam_from_world" in d:
-            rows = d["T_cam_from_world"]
-            try:
-                T = np.asarray([json_numbers(r) for r in json_rows(rows)], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise XctregError(f"{name}: T_cam_from_world must be a 4x4 array of numbers") from None
-            if T.shape != (4, 4):
-                raise XctregError(f"{name}: T_cam_from_world must be 4x4, got shape {T.shape}")
-            if not is_rigid(T):
-                raise XctregError(f"{name}: T_cam_from_world is not a rigid transform (orthonormal R, det 1, last row 0 0 0 1)")
-            # rigid to is_rigid's 1e-4 (e.g. printed to a few decimals): made exactly rigid, so that
-            # the params derived from it agree with it and the pose written back reads back
-            if np.abs(T[:3, :3].T @ T[:3, :3] - np.eye(3)).max() > 1e-12 or np.any(T[3] != (0.0, 0.0, 0.0, 1.0)):
-                T[:3, :3] = nearest_rotation(T[:3, :3])  # an exactly rigid matrix is kept bit for bit
-                T[3] = (0.0, 0.0, 0.0, 1.0)
+        T = rigid_matrix(d["T_cam_from_world"], f"{name}: T_cam_from_world") if "T_cam_from_world" in d else None
         p = None
         if "params" in d:
             pd = d["params"]

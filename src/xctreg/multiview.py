@@ -48,7 +48,7 @@ import torch
 
 from xctreg._fs import read_json
 from xctreg.errors import XctregError
-from xctreg.geometry import Pose, PoseReference, is_rigid, json_numbers, json_rows, nearest_rotation, params_to_matrix
+from xctreg.geometry import Pose, PoseReference, params_to_matrix, rigid_matrix
 from xctreg.objectives import get_objective
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig
@@ -67,24 +67,6 @@ class ViewSpec:
     xray: Path
     T_cam_from_first: np.ndarray
     geometry: Path | None = None
-
-
-def check_rig(T: Any, name: str) -> np.ndarray:
-    """``T`` as a 4x4 rigid transform (float64), or one error line naming it. A matrix rigid to
-    ``is_rigid``'s tolerance (e.g. printed to a few decimals) is projected onto SO(3)."""
-    try:
-        M = np.asarray([json_numbers(r) for r in json_rows(T)], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise XctregError(f"{name} must be a 4x4 array of numbers") from None
-    if M.shape != (4, 4):
-        raise XctregError(f"{name} must be 4x4, got shape {M.shape}")
-    if not np.all(np.isfinite(M)):
-        raise XctregError(f"{name} must be finite")
-    if not is_rigid(M):
-        raise XctregError(f"{name} is not a rigid transform (orthonormal rotation with det 1, last row 0 0 0 1)")
-    M[:3, :3] = nearest_rotation(M[:3, :3])
-    M[3] = (0.0, 0.0, 0.0, 1.0)
-    return M
 
 
 def read_session(path: str | os.PathLike[str], models: Sequence[str | os.PathLike[str]] | None = None) -> list[ViewSpec]:
@@ -117,7 +99,7 @@ def read_session(path: str | os.PathLike[str], models: Sequence[str | os.PathLik
             raise XctregError(f"{name}: \"geometry\" must be a file path")
         if "T_cam_from_first" not in v:
             raise XctregError(f"{name} has no \"T_cam_from_first\" (4x4; the identity for the first view)")
-        T = check_rig(v["T_cam_from_first"], f"{name}: T_cam_from_first")
+        T = rigid_matrix(v["T_cam_from_first"], f"{name}: T_cam_from_first")
         if k == 0 and not np.allclose(T, np.eye(4), atol=1e-6):
             raise XctregError(f"{name}: the first view's T_cam_from_first must be the identity")
         model_path = Path(model).expanduser().resolve() if models is not None else _resolve(base, model)  # the command line's: from here
