@@ -193,19 +193,23 @@ def save_png(path: Path, img: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------ scoring
-def summarise(e_reg: list[float], e_ref: list[float], d_reg: np.ndarray, d_ref: np.ndarray) -> dict:
+def mtre_stats(e: list[float]) -> dict:
+    """mTRE (mm) median, mean, p95 and SR@10 / SR@20 of a set."""
+    a = np.asarray(e)
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "p95": float(np.percentile(a, 95)),
+            "sr_10mm": float(np.mean(a < 10)), "sr_20mm": float(np.mean(a < 20))}  # fmt: skip
+
+
+def param_stats(d: np.ndarray) -> dict:
+    """Per parameter of (N, 6) signed errors (deg, mm): the bias (mean), std and mean absolute error."""
     from xctreg.geometry import PARAM_NAMES
 
-    def stats(e: list[float]) -> dict:
-        a = np.asarray(e)
-        return {"median": float(np.median(a)), "mean": float(a.mean()), "p95": float(np.percentile(a, 95)),
-                "sr_10mm": float(np.mean(a < 10)), "sr_20mm": float(np.mean(a < 20))}  # fmt: skip
+    return {k: {"bias": float(d[:, i].mean()), "std": float(d[:, i].std()), "mae": float(np.abs(d[:, i]).mean())}
+            for i, k in enumerate(PARAM_NAMES)}  # fmt: skip
 
-    def per_param(d: np.ndarray) -> dict:
-        return {k: {"bias": float(d[:, i].mean()), "std": float(d[:, i].std()), "mae": float(np.abs(d[:, i]).mean())}
-                for i, k in enumerate(PARAM_NAMES)}  # fmt: skip
 
-    return {"regressor": {**stats(e_reg), "params": per_param(d_reg)}, "refined": {**stats(e_ref), "params": per_param(d_ref)}}
+def summarise(e_reg: list[float], e_ref: list[float], d_reg: np.ndarray, d_ref: np.ndarray) -> dict:
+    return {"regressor": {**mtre_stats(e_reg), "params": param_stats(d_reg)}, "refined": {**mtre_stats(e_ref), "params": param_stats(d_ref)}}
 
 
 def markdown(out: dict) -> str:
