@@ -225,6 +225,27 @@ def markdown(out: dict) -> str:
     return "\n".join(rows)
 
 
+def override(cfg, pairs: list[str]):
+    """``cfg`` (a dataclass) with FIELD=VALUE pairs applied, each VALUE read as its field's current
+    type (bool: true/false; tuples: comma-separated)."""
+    from dataclasses import fields, replace
+
+    names = {f.name for f in fields(cfg)}
+    changes = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        if key not in names:
+            raise SystemExit(f"error: --set {pair}: {type(cfg).__name__} has no field {key!r}")
+        old = getattr(cfg, key)
+        if isinstance(old, bool):
+            changes[key] = text.lower() in ("1", "true", "yes")
+        elif isinstance(old, tuple):
+            changes[key] = tuple(type(old[0])(v) for v in text.split(","))
+        else:
+            changes[key] = type(old)(text)
+    return replace(cfg, **changes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", type=Path)
@@ -238,6 +259,8 @@ def main() -> None:
     ap.add_argument("--native-similarity", dest="native_objective", default=None, help="Override RefineConfig.native_objective.")
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="Override any RefineConfig field (repeatable), e.g. --set native_iterations=10 --set adam_on_native=false.")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None, help="Save each set's first X-ray here (a figure of the sets).")
@@ -271,13 +294,14 @@ def main() -> None:
     if args.depth is not None:
         half, samples, rounds = args.depth.split(",")
         cfg = replace(cfg, depth_half_mm=float(half), depth_samples=int(samples), depth_rounds=int(rounds))
+    cfg = override(cfg, args.overrides)
     pts = torch.as_tensor(target_points(reg.ct(), 5000))
     T = lambda q: reg.space.to_matrix(torch.as_tensor(np.asarray(q), dtype=torch.float64))  # noqa: E731
     truth = np.stack([s.truth for s in shots])
     # the objectives' JSON keys keep their names (similarity, native_similarity, depth_similarity): saved results use them
     out: dict = {"model": str(args.model_dir), "n": args.n, "seed": args.seed, "detector": [cam.height, cam.width],
                  "similarity": cfg.objective, "native_size": cfg.native_size, "native_search": cfg.native_search, "native_similarity": cfg.native_objective, "depth_similarity": cfg.depth_objective, "outliers": cfg.native_outliers,
-                 "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "seconds_rendering": t_render, "sets": {}}  # fmt: skip
+                 "depth": [cfg.depth_half_mm, cfg.depth_samples, cfg.depth_rounds], "overrides": args.overrides, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = set_rng(args.seed, name)
         e_reg, e_ref, p_reg, p_ref, secs = [], [], [], [], []

@@ -101,7 +101,7 @@ def test_registration_is_bit_identical_in_one_process_and_in_a_fresh_registrar(m
     img = r(torch.as_tensor(true[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
     # tiny levels; restart_below above any score forces the seeded restart too, and the last
     # level (Adam steps, then the depth line search) runs on the model detector
-    cfg = RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=1, restart_below=2.0, native_iterations=5)
+    cfg = RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=1, restart_below=2.0, native_iterations=5, last_iterations=5)
 
     first = reg.register(img, reg.camera, config=cfg)
     _scramble_global_rngs(5)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from realism import EFFECTS, SETS, Shot, make_xray, rays, rod_chords, set_effects, set_rng  # noqa: E402
+from realism import EFFECTS, SETS, Shot, make_xray, override, rays, rod_chords, set_effects, set_rng  # noqa: E402
 
 
 def test_rod_chords_exact() -> None:
@@ -107,3 +107,13 @@ def test_depth_cause_bench_runs_end_to_end(model_dir) -> None:
     for r in rows:
         cells = [c.split("±") for c in r.split("|")[4:6]]
         assert all(np.isfinite(float(x)) for c in cells for x in c), r
+
+
+def test_override_reads_each_field_as_its_type() -> None:
+    from xctreg.register import RefineConfig
+
+    cfg = override(RefineConfig(), ["native_iterations=7", "match_blur=true", "sizes=16,32", "depth_half_mm=0.5", "objective=ncc"])
+    assert (cfg.native_iterations, cfg.match_blur, cfg.sizes, cfg.depth_half_mm, cfg.objective) == (7, True, (16, 32), 0.5, "ncc")
+    assert override(cfg, ["match_blur=false"]).match_blur is False
+    with pytest.raises(SystemExit, match="no field 'nope'"):
+        override(cfg, ["nope=1"])
