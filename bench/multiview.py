@@ -18,6 +18,11 @@ Poses are drawn around the first view within its ranges, keeping those whose sec
 parameters lie within the second model's ranges. Tune on one seed, report on another.
 
     python bench/multiview.py AP_MODEL LAT_MODEL [--n 20] [--seed 2027] [--sets clean,realistic] [--out F.json]
+        [--write DIR]
+
+``--write DIR`` also saves every pair as a session (DIR/SET/NNN/session.json with the two X-rays,
+geometry.json and truth.json), so that ``xctreg evaluate AP_MODEL --views ap,lat-left --models
+LAT_MODEL --sessions DIR/SET`` judges the same independent X-rays from the command line.
 """
 
 from __future__ import annotations
@@ -58,6 +63,21 @@ def markdown(out: dict) -> str:
     return "\n".join(rows)
 
 
+def write_session(folder: Path, models: list[Path], images: list[np.ndarray], rigs: list[np.ndarray], cam, truth) -> None:  # noqa: ANN001
+    """One pair as a session folder: view{k}.npy (bone bright), geometry.json, session.json (the
+    rigs as a user knows them) and truth.json (``{"first": POSE JSON}``, the first view's true pose)."""
+    from xctreg._fs import write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    views = []
+    for k, (model, img, rig) in enumerate(zip(models, images, rigs, strict=True)):
+        np.save(folder / f"view{k}.npy", img.astype(np.float32))
+        views.append({"model": str(model.resolve()), "xray": f"view{k}.npy", "geometry": "geometry.json", "T_cam_from_first": rig.tolist()})
+    write_json(folder / "geometry.json", cam.to_dict())
+    write_json(folder / "session.json", {"views": views})
+    write_json(folder / "truth.json", {"first": truth.to_dict()})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_a", type=Path)
@@ -70,6 +90,7 @@ def main() -> None:
     ap.add_argument("--joint-only", action="store_true", help="Skip the single-view rows (tuning).")
     ap.add_argument("--final-iterations", type=int, default=None, help="Override MultiviewConfig.final_iterations.")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--write", type=Path, default=None, help="Also save each pair as a session folder under WRITE/SET/NNN (for xctreg evaluate --sessions).")
     args = ap.parse_args()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     if "wrong" in sets and args.n < 2:
@@ -78,7 +99,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown sets {unknown}; choose from {', '.join(SETS)}")
 
-    from xctreg.geometry import PoseSpace
+    from xctreg.geometry import Pose, PoseSpace
     from xctreg.metrics import mtre, target_points
     from xctreg.multiview import MultiviewConfig, register_views, rig_axis, rig_between, rotation_about, sample_session_poses
     from xctreg.register import Registrar
@@ -118,6 +139,9 @@ def main() -> None:
             j = (i + args.n // 2) % args.n if name == "wrong" else i
             radius = (0.12, 0.16) if name == "collimated" else (0.38, 0.46)
             img_b = make_xray(shots_b[j], effects | ({"collimator"} if name == "collimated" else set()), rng, *mus[1], radius=radius)
+            if args.write is not None:
+                write_session(args.write / name / f"{i:03d}", [args.model_a, args.model_b], [img_a, img_b], [np.eye(4), rig], cam,
+                              Pose(T_a(pa[i]).numpy(), reg_a.reference))  # fmt: skip
             if not args.joint_only:
                 ra = reg_a.register(img_a, cam)
                 rb = reg_b.register(img_b, cam)

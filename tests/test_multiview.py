@@ -215,6 +215,34 @@ def test_evaluate_views_compares_each_view_alone_with_the_joint(cli, model_dir, 
     assert_one_line_error(cli("evaluate", m, "--views", "ap", "--n", "2"), "two or more views")
 
 
+def test_evaluate_views_on_given_sessions_reads_their_truth(cli, model_dir, lat_model, tmp_path) -> None:
+    m = model_dir / "m"
+    one = tmp_path / "sessions" / "000"
+    res = cli("simulate-multiview", model_dir / "ct.nii.gz", "--out", one, "--views", "ap,lat-left", "--geometry", m / "geometry.json",
+              "--models", f"{m},{lat_model}", "--ranges", "3,3,3,5,5,5", "--seed", "3")  # fmt: skip
+    assert res.code == 0, res.err
+
+    def run(out):  # noqa: ANN001, ANN202
+        res = cli("evaluate", m, "--views", "ap,lat-left", "--models", lat_model, "--sessions", tmp_path / "sessions", "--out", out)
+        assert res.code == 0, res.err
+        return json.loads((out / "metrics.json").read_text())
+
+    first = run(tmp_path / "ev1")
+    assert first["n"] == 1 and "sessions" in first["xrays"] and "in-distribution" not in first["xrays"]
+    truth = json.loads((one / "truth.json").read_text())
+    T = np.asarray(truth["first"]["T_cam_from_world"])
+    T[0, 3] += 20.0  # a truth 20 mm off across the beam: every method's error grows by about that much
+    (one / "truth.json").write_text(json.dumps({"first": {"T_cam_from_world": T.tolist(), "reference": truth["first"]["reference"]}}))
+    moved = run(tmp_path / "ev2")
+    for name, r in moved["methods"].items():
+        assert abs(r["median_mtre_mm"] - 20.0) < first["methods"][name]["median_mtre_mm"] + 0.5, name
+        assert r["param_bias"]["tx_mm"] == pytest.approx(first["methods"][name]["param_bias"]["tx_mm"] - 20.0, abs=0.5), name
+    (one / "truth.json").unlink()
+    assert_one_line_error(cli("evaluate", m, "--views", "ap,lat-left", "--models", lat_model, "--sessions", tmp_path / "sessions"), "no truth.json")
+    assert_one_line_error(cli("evaluate", m, "--views", "ap,lat-left", "--models", lat_model, "--sessions", tmp_path / "ev1"), "no session.json")
+    assert_one_line_error(cli("evaluate", m, "--sessions", tmp_path / "sessions"), "needs --views")
+
+
 def test_the_rigs_degree_of_freedom_turns_it_about_its_own_axis_within_the_bound() -> None:
     from xctreg.multiview import _Joint
 

