@@ -229,6 +229,7 @@ def test_evaluate_views_on_given_sessions_reads_their_truth(cli, model_dir, lat_
 
     first = run(tmp_path / "ev1")
     assert first["n"] == 1 and "sessions" in first["xrays"] and "in-distribution" not in first["xrays"]
+    assert (tmp_path / "ev1" / "metrics.md").read_text(encoding="utf-8").startswith("1 sessions, views ap, lat-left")
     truth = json.loads((one / "truth.json").read_text())
     T = np.asarray(truth["first"]["T_cam_from_world"])
     T[0, 3] += 20.0  # a truth 20 mm off across the beam: every method's error grows by about that much

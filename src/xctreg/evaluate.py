@@ -175,7 +175,7 @@ def evaluate_views(
                    "p95_mtre_mm": float(np.percentile(e, 95)), **success_rates(e, (10.0, 1.0)),
                    "param_bias": param_bias(p, true_first), "param_mae": param_errors(p, true_first),
                    "seconds_each": float(np.mean(secs[m]))}  # fmt: skip
-    metrics = {"n": n, "views": names, "models": [str(m) for m in model_dirs], "xrays": label,
+    metrics = {"n": n, "cases": "poses" if sessions is None else "sessions", "views": names, "models": [str(m) for m in model_dirs], "xrays": label,
                "sessions_with_a_flagged_view": flagged, "methods": rows}  # fmt: skip
     if out_dir is not None:
         out = Path(out_dir)
@@ -226,7 +226,7 @@ def _session_truth(reg: Registrar, session: Path) -> np.ndarray:
 
 def views_markdown(m: dict[str, Any]) -> str:
     """The multi-view table: per method, mTRE and the signed errors in the first view's parameters."""
-    head = (f"{m['n']} poses, views {', '.join(m['views'])}; {m['xrays']}; errors in the {m['views'][0]} view's parameters.\n\n"
+    head = (f"{m['n']} {m.get('cases', 'poses')}, views {', '.join(m['views'])}; {m['xrays']}; errors in the {m['views'][0]} view's parameters.\n\n"
             "| method | mTRE median / p95 (mm) | mean ± std | SR@10 | SR@1 | bias rx ry rz (°) | bias tx ty tz (mm) | s (joint: per session) |\n" + "|---" * 8 + "|\n")  # fmt: skip
     return head + "\n".join(
         f"| {name} | {r['median_mtre_mm']:.2f} / {r['p95_mtre_mm']:.2f} | {r['mean_mtre_mm']:.2f} ± {r['std_mtre_mm']:.2f} | "
