@@ -260,7 +260,7 @@ def main() -> None:
     ap.add_argument("--depth", default=None, help="Override the depth search: HALF_MM,SAMPLES,ROUNDS (e.g. 1.5,7,2).")
     ap.add_argument("--outliers", type=float, default=None, help="Override RefineConfig.native_outliers (k; 0 = off).")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                    help="Override any RefineConfig field (repeatable), e.g. --set native_iterations=10 --set adam_on_native=false.")
+                    help="Override any RefineConfig field (repeatable), e.g. --set native_iterations=20 --set depth_samples=7.")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--png", type=Path, default=None, help="Save each set's first X-ray here (a figure of the sets).")

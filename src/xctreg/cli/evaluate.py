@@ -94,4 +94,4 @@ def _evaluate_views(model_dir: Path, views: str | None, models: str | None, n: i
         m = evaluate_views(dirs, n, out, resolve_device(device), seed, progress=lambda d, t: bar.update(task, completed=d), sessions=sessions)
     rows = m["methods"]
     alone = ", ".join(f"{k} {r['median_mtre_mm']:.2f}" for k, r in rows.items() if k != "joint")
-    _echo(f"{total} {'poses' if sessions is None else 'sessions'}: median mTRE joint {rows['joint']['median_mtre_mm']:.2f} mm ({alone} mm); wrote {out}/metrics.md")
+    _echo(f"{total} {m['cases']}: median mTRE joint {rows['joint']['median_mtre_mm']:.2f} mm ({alone} mm); wrote {out}/metrics.md")
