@@ -183,6 +183,23 @@ def test_torch_backend_gradient_wrt_volume(small_phantom) -> None:
     assert r.channels.grad is not None and r.channels.grad.abs().sum() > 0
 
 
+def test_renderers_of_one_volume_share_its_material_volume(small_phantom) -> None:
+    """Refinement builds several renderers of one CT level: they compute its material densities
+    once, yet each owns the torch copy that may require grad, and the mode still decides C."""
+    from xctreg.physics.materials import material_densities
+
+    a = Renderer(small_phantom, CAM64, RenderConfig(voxel_mm=None))
+    b = Renderer(small_phantom, CAM64.resized(32, 32), RenderConfig(voxel_mm=None, kvp=70.0))
+    assert a._chan_np is b._chan_np
+    want = material_densities(torch.from_numpy(small_phantom.hu.astype(np.float32)))
+    np.testing.assert_allclose(a._chan_np, want.numpy(), rtol=1e-6, atol=1e-7)
+    line = Renderer(small_phantom, CAM64, RenderConfig(voxel_mm=None, mode="line"))
+    assert line._chan_np.shape[-1] == 1 and line.channels.shape[0] == 1
+    a.channels.requires_grad_(True)
+    assert a.channels is not b.channels and not b.channels.requires_grad
+    torch.testing.assert_close(a.channels.detach(), b.channels)
+
+
 def test_empty_and_bad_inputs(small_phantom) -> None:
     with pytest.raises(XctregError, match="empty"):
         Renderer(Volume(np.zeros((0, 4, 4)), [1, 1, 1]), CAM64)

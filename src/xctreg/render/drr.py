@@ -124,6 +124,29 @@ def pyramid_level(volume: Volume, voxel_mm: float | None) -> Volume:
     return level
 
 
+_MATERIALS: dict[tuple[int, bool, DecompositionConfig], tuple[weakref.ref, np.ndarray]] = {}
+
+
+def material_volume(volume: Volume, mode: Mode = "poly", decomposition: DecompositionConfig | None = None) -> np.ndarray:
+    """The renderer's input channels of ``volume``: (nk, nj, ni, C) float32 g/cm³, C = 3 partial
+    densities (air, soft tissue, bone) or, in "line" mode, C = 1 density. Computed once per volume
+    object, mode and decomposition and shared by every renderer of that volume (read-only), so
+    that refinement's renderers of one CT level (model levels, depth search, final DRR) do not
+    each recompute them: about 0.16 s per renderer of the chest's 2.35 mm level. Do not write to it."""
+    dec = decomposition or DecompositionConfig()
+    key = (id(volume), mode == "line", dec)
+    hit = _MATERIALS.get(key)
+    if hit is not None and hit[0]() is volume:
+        return hit[1]
+    if len(_MATERIALS) > 8:
+        _MATERIALS.clear()
+    hu = torch.from_numpy(np.asarray(volume.hu, dtype=np.float32))
+    chan = hu_to_density(hu).unsqueeze(-1) if mode == "line" else material_densities(hu, dec)
+    arr = np.ascontiguousarray(chan.numpy(), dtype=np.float32)  # writable: numba compiles read-only arrays anew
+    _MATERIALS[key] = (weakref.ref(volume), arr)
+    return arr
+
+
 class Renderer:
     """Render DRRs of one CT with one camera.
 
@@ -156,13 +179,8 @@ class Renderer:
         self.affine = torch.as_tensor(vol.affine, dtype=torch.float64)
         self.shape_ijk = vol.shape_ijk
         self.step_mm = cfg.step_mm or cfg.step_factor * float(vol.spacing.min())
-        hu = torch.from_numpy(vol.hu)
-        if cfg.mode == "line":
-            chan = hu_to_density(hu).unsqueeze(-1)  # (nk, nj, ni, 1)
-        else:
-            chan = material_densities(hu, cfg.decomposition)  # (nk, nj, ni, 3)
-        self._chan_np = np.ascontiguousarray(chan.numpy().astype(np.float32))
-        self.channels = chan.permute(3, 0, 1, 2).contiguous().to(device=self.device, dtype=dtype)
+        self._chan_np = material_volume(vol, cfg.mode, cfg.decomposition)  # (nk, nj, ni, C), shared
+        self._channels: torch.Tensor | None = None
         backend = cfg.backend
         if backend == "auto":
             backend = "numba" if self.device.type == "cpu" and dtype == torch.float32 else "torch"
@@ -185,6 +203,16 @@ class Renderer:
             self.spectrum = tube_spectrum(cfg.kvp, cfg.al_mm, cfg.n_bins)
         elif cfg.mode == "mono":
             self.spectrum = monoenergetic(cfg.mono_kev)
+
+    @property
+    def channels(self) -> torch.Tensor:
+        """(C, nk, nj, ni) material densities (g/cm³) on the renderer's device and dtype: the
+        torch backend's input, and a leaf that may be made to require grad. Made on first use
+        (the numba backend never needs it) and owned by this renderer."""
+        if self._channels is None:
+            chan = torch.from_numpy(self._chan_np).permute(3, 0, 1, 2)
+            self._channels = chan.to(device=self.device, dtype=self.dtype, copy=True).contiguous()
+        return self._channels
 
     # ------------------------------------------------------------------ geometry
     def poses_to_matrix(self, poses: torch.Tensor) -> torch.Tensor:
