@@ -109,3 +109,31 @@ def test_geodesic_loss_is_the_rotation_angle_plus_the_translation_term() -> None
     assert np.isclose(got, 3.0 / 15.0, rtol=1e-3)  # the default rotation half-width is 15°
     tre = float(pose_loss(space.normalize(off), p, space, torch.randn(5, 3) * 100, TrainConfig()))
     assert tre != got
+
+
+def test_presets_choose_their_curriculum() -> None:
+    """The quick preset trains one stage (measured better at its CPU budget); the paper preset
+    keeps the method's incremental curriculum."""
+    from xctreg.train import preset
+
+    quick, paper = preset("quick"), preset("paper")
+    assert not quick.curriculum and paper.curriculum
+    assert [s.n_train for s in quick.effective_stages()] == [sum(s.n_train for s in quick.stages)]
+    assert len(paper.effective_stages()) == 3
+
+
+@pytest.mark.parametrize("preset_name, flag, want", [("quick", None, False), ("quick", "--curriculum", True),
+                                                     ("paper", None, True), ("paper", "--no-curriculum", False)])  # fmt: skip
+def test_train_curriculum_flag_defaults_to_the_preset(cli, model_dir, tmp_path, monkeypatch, preset_name, flag, want) -> None:
+    from xctreg.errors import XctregError
+
+    seen = {}
+
+    def stub(volume, out, cfg, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen["cfg"] = cfg
+        raise XctregError("stopped before training")
+
+    monkeypatch.setattr("xctreg.train.Trainer", stub)
+    res = cli("train", model_dir / "ct.nii.gz", "--out", tmp_path / "m", "--preset", preset_name, *([flag] if flag else []))
+    assert res.code != 0 and "stopped before training" in res.err
+    assert seen["cfg"].curriculum is want

@@ -276,9 +276,9 @@ regressor, then refinement by differentiable rendering.</p>
 {figs}
 <figure>{_img(out / 'results' / 'attention.png', 'attention', 320)}<figcaption>The regressor's self-attention on xray_0.</figcaption></figure>
 <h2>Training</h2>
-<figure>{_img(out / 'training.png', 'training')}<figcaption>Training loss (it jumps where the curriculum moves to a
-wider pose range and stronger augmentation) and the median mTRE of the regressor alone on the augmented validation
-DRRs of the current stage (harder than the held-out X-rays above).</figcaption></figure>
+<figure>{_img(out / 'training.png', 'training')}<figcaption>Training loss and the median mTRE of the regressor alone on
+the augmented validation DRRs at the full pose range (harder than the held-out X-rays above). The quick preset trains
+one stage; with the curriculum (<code>--curriculum</code>) the loss jumps where a stage widens the range.</figcaption></figure>
 <figure>{_img(out / 'augmentation.png', 'augmentation')}<figcaption>Training data: clean DRRs (top) and augmented
 ones (kVp, contrast, noise, blur, scatter, instruments, collimation).</figcaption></figure>
 <h2>Files</h2>

@@ -18,7 +18,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="MODEL_DIR: config, checkpoints, logs, cached data.")],
     preset: Annotated[str, typer.Option("--preset", help="quick (CPU, 128² X-rays) or paper (GPU, 256²).")] = "quick",
     variant: Annotated[str, typer.Option("--variant", help="Model: A, A+B, A+C or A+B+C.")] = "A+B+C",
-    no_curriculum: Annotated[bool, typer.Option("--no-curriculum", help="One stage at full range (ablation).")] = False,
+    curriculum: Annotated[bool | None, typer.Option("--curriculum/--no-curriculum", help="The method's incremental curriculum (3 stages of widening ranges), or one stage at the full range; default: the preset's (quick: one stage, paper: the curriculum).")] = None,
     loss: Annotated[str, typer.Option("--loss", help="tre (parameters + target points) or geodesic (rotation angle + translation; the baseline after Salehi et al. 2018).")] = "tre",
     steps: Annotated[int | None, typer.Option("--steps", help="Override the preset's number of steps.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -44,7 +44,7 @@ def train(
     view_deg, pose_ranges = _view_and_ranges(view, ranges, view_from)
     cfg = get_preset(preset)
     cfg = replace(cfg, model=ModelConfig(**{**cfg.model.__dict__, "variant": variant}), seed=seed, view_deg=view_deg,
-                  ranges=pose_ranges, curriculum=not no_curriculum, steps=steps if steps is not None else cfg.steps, loss=loss)  # fmt: skip
+                  ranges=pose_ranges, curriculum=cfg.curriculum if curriculum is None else curriculum, steps=steps if steps is not None else cfg.steps, loss=loss)  # fmt: skip
     if cfg.steps < 1:
         raise XctregError("--steps must be >= 1")
     check_writable(out, MIN_FREE_BYTES)  # the cached training data's size is checked when it is generated
