@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from xctreg.render.march import march_numba, march_torch, siddon_reference
 from xctreg.render.rays import IndexRays, make_rays
 
 Mode = Literal["poly", "mono", "line"]
+_T = TypeVar("_T")
 
 
 def auto_voxel_mm(camera: Camera, sid_mm: float) -> float:
@@ -89,7 +91,23 @@ class RenderConfig:
             raise XctregError("voxel_mm must be positive, 'auto' or None")
 
 
-_LEVELS: dict[tuple[int, float], tuple[weakref.ref[Volume], Volume]] = {}
+_LEVELS: dict[tuple[int, Hashable], tuple[weakref.ref[Volume], Volume]] = {}
+_MATERIALS: dict[tuple[int, Hashable], tuple[weakref.ref[Volume], np.ndarray]] = {}
+
+
+def _per_volume(cache: dict[tuple[int, Hashable], tuple[weakref.ref[Volume], _T]], volume: Volume, key: Hashable,
+                make: Callable[[], _T]) -> _T:  # fmt: skip
+    """``make()`` for (``volume``, ``key``), kept in ``cache`` while that volume object lives (at
+    most 9 entries; the cache is emptied beyond that)."""
+    k = (id(volume), key)
+    hit = cache.get(k)
+    if hit is not None and hit[0]() is volume:
+        return hit[1]
+    if len(cache) > 8:
+        cache.clear()
+    value = make()
+    cache[k] = (weakref.ref(volume), value)
+    return value
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -113,38 +131,23 @@ def pyramid_level(volume: Volume, voxel_mm: float | None) -> Volume:
     """``volume`` with no axis finer than ``voxel_mm`` (cached per volume object); None = as is."""
     if voxel_mm is None or np.all(volume.spacing >= voxel_mm * 0.999):
         return volume
-    key = (id(volume), round(float(voxel_mm), 4))
-    hit = _LEVELS.get(key)
-    if hit is not None and hit[0]() is volume:
-        return hit[1]
-    if len(_LEVELS) > 8:
-        _LEVELS.clear()
-    level = resample(volume, tuple(np.maximum(volume.spacing, voxel_mm)))
-    _LEVELS[key] = (weakref.ref(volume), level)
-    return level
-
-
-_MATERIALS: dict[tuple[int, bool, DecompositionConfig], tuple[weakref.ref, np.ndarray]] = {}
+    return _per_volume(_LEVELS, volume, round(float(voxel_mm), 4), lambda: resample(volume, tuple(np.maximum(volume.spacing, voxel_mm))))
 
 
 def material_volume(volume: Volume, mode: Mode = "poly", decomposition: DecompositionConfig | None = None) -> np.ndarray:
     """The renderer's input channels of ``volume``: (nk, nj, ni, C) float32 g/cm³, C = 3 partial
     densities (air, soft tissue, bone) or, in "line" mode, C = 1 density. Computed once per volume
-    object, mode and decomposition and shared by every renderer of that volume (read-only), so
+    object, mode and decomposition and shared by every renderer of that volume, so
     that refinement's renderers of one CT level (model levels, depth search, final DRR) do not
     each recompute them: about 0.16 s per renderer of the chest's 2.35 mm level. Do not write to it."""
     dec = decomposition or DecompositionConfig()
-    key = (id(volume), mode == "line", dec)
-    hit = _MATERIALS.get(key)
-    if hit is not None and hit[0]() is volume:
-        return hit[1]
-    if len(_MATERIALS) > 8:
-        _MATERIALS.clear()
-    hu = torch.from_numpy(np.asarray(volume.hu, dtype=np.float32))
-    chan = hu_to_density(hu).unsqueeze(-1) if mode == "line" else material_densities(hu, dec)
-    arr = np.ascontiguousarray(chan.numpy(), dtype=np.float32)  # writable: numba compiles read-only arrays anew
-    _MATERIALS[key] = (weakref.ref(volume), arr)
-    return arr
+
+    def make() -> np.ndarray:
+        hu = torch.from_numpy(np.asarray(volume.hu, dtype=np.float32))
+        chan = hu_to_density(hu).unsqueeze(-1) if mode == "line" else material_densities(hu, dec)
+        return np.ascontiguousarray(chan.numpy(), dtype=np.float32)  # writable: numba compiles read-only arrays anew
+
+    return _per_volume(_MATERIALS, volume, (mode == "line", dec), make)
 
 
 class Renderer:
