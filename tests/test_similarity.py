@@ -47,6 +47,22 @@ def test_objective_is_differentiable_and_batched(name: str) -> None:
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
 
 
+def test_local_gradncc_ignores_a_ramp_and_a_smooth_gain_that_global_measures_do_not() -> None:
+    """The fixed image with a linear ramp (a heel effect) and a gain that varies slowly across
+    it (scatter's loss of local contrast): local gradient NCC is unchanged by the ramp and
+    moved by the gain less than half as much as global gradient NCC (NCC drops far more)."""
+    f = get_objective("local-gradncc")
+    a = _image()
+    v, u = torch.meshgrid(torch.arange(48.0), torch.arange(40.0), indexing="ij")
+    ramp = a + 0.05 * u - 0.03 * v
+    assert float(f(a, ramp, None)) == pytest.approx(1.0, abs=1e-4)
+    gain = a * (0.4 + 0.6 * u / 39) + 0.02 * u
+    local, glob = float(f(a, gain, None)), float(get_objective("gradncc")(a, gain, None))
+    assert local > 0.98 and 1 - local < 0.5 * (1 - glob) and float(get_objective("ncc")(a, gain, None)) < 0.9
+    # and it still falls off with misalignment under that gain
+    assert float(f(_image(1.0), gain, None)) < local - 0.02
+
+
 def test_unknown_objective() -> None:
     with pytest.raises(XctregError, match="unknown similarity 'mi'"):
         get_objective("mi")

@@ -38,6 +38,22 @@ def gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) 
     return 0.5 * (ncc(ax, bx, mx) + ncc(ay, by, my))
 
 
+def local_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9) -> torch.Tensor:
+    """Local gradient NCC: ``patch_ncc`` of the horizontal and of the vertical image gradients,
+    averaged. Each window is normalised on its own, so a smooth gain or offset that varies
+    across the image (scatter, heel effect, local contrast from kVp and bone density) hardly
+    moves it, and a linear intensity ramp not at all; what is left is where the edges fall,
+    which is where magnification (depth) shows. Global gradient NCC lets the strongest edges
+    (spine, diaphragm) outweigh the rest, and their contrast depends on the X-ray's physics."""
+    ax, ay = _gradients(a)
+    bx, by = _gradients(b)
+    mx = my = None
+    if mask is not None:  # a difference counts only when both of its pixels are inside the mask
+        mx = mask[..., :-1, :-1] * mask[..., :-1, 1:]
+        my = mask[..., :-1, :-1] * mask[..., 1:, :-1]
+    return 0.5 * (patch_ncc(ax, bx, mx, patch) + patch_ncc(ay, by, my, patch))
+
+
 def ncc_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(NCC + gradient NCC) / 2: global intensity agreement plus edge alignment."""
     return 0.5 * ncc(a, b, mask) + 0.5 * gradncc(a, b, mask)
@@ -152,6 +168,7 @@ def with_blur(sim: Objective, sigma_px: float) -> Objective:
 OBJECTIVES: dict[str, Objective] = {
     "ncc": ncc,
     "gradncc": gradncc,
+    "local-gradncc": local_gradncc,
     "ncc+gradncc": ncc_gradncc,
     "patch-ncc": patch_ncc,
     "patch-ncc+gradncc": patch_gradncc,
