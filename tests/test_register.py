@@ -245,6 +245,28 @@ def test_registrar_runs_the_last_level_on_the_model_detector_for_an_xray_at_the_
 
 
 
+def test_last_level_objective_depends_on_where_it_runs(model_dir, small_phantom, monkeypatch) -> None:
+    """On the model's detector the last level (Adam steps and depth search) uses
+    ``last_objective``; on the X-ray's own finer pixels ``native_objective`` and ``depth_objective``."""
+    import xctreg.register as R
+
+    used: list[str] = []
+    real = R.get_objective
+    monkeypatch.setattr(R, "get_objective", lambda name: used.append(name) or real(name))
+    reg = R.Registrar(model_dir / "m", ct=small_phantom)
+    p = reg.space.sample(1, seed=4)[0]
+    cfg = R.RefineConfig(restarts=0, sizes=(16,), iterations=(3,), last_iterations=3, native_iterations=3)
+    for cam in (reg.camera, reg.camera.resized(2 * reg.camera.height, 2 * reg.camera.width)):
+        r = Renderer(small_phantom, cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
+        img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
+        used.clear()
+        reg.register(img, cam, config=replace(cfg, native_objective="ncc", depth_objective="gradncc", last_objective="local-gradncc"))
+        if cam is reg.camera:
+            assert "local-gradncc" in used and "ncc" not in used and "gradncc" not in used
+        else:
+            assert "ncc" in used and "gradncc" in used and "local-gradncc" not in used
+
+
 def test_parabola_peak() -> None:
     from xctreg.register import parabola_peak
 
