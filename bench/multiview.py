@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--rig-error-deg", type=float, default=0.0, help="Render the second view with its rig rotated by this much (the encoder's error).")
     ap.add_argument("--joint-only", action="store_true", help="Skip the single-view rows (tuning).")
     ap.add_argument("--final-iterations", type=int, default=None, help="Override MultiviewConfig.final_iterations.")
+    ap.add_argument("--final-objective", default=None, help="Override RefineConfig.last_objective, the last joint level's objective.")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write", type=Path, default=None, help="Also save each pair as a session folder under WRITE/SET/NNN (for xctreg evaluate --sessions).")
     args = ap.parse_args()
@@ -123,6 +124,8 @@ def main() -> None:
     cfg = MultiviewConfig(refine_rig=args.refine_rig)
     if args.final_iterations is not None:
         cfg = replace(cfg, final_iterations=args.final_iterations)
+    if args.final_objective is not None:
+        cfg = replace(cfg, refine=replace(cfg.refine, last_objective=args.final_objective))
     methods = ("joint",) if args.joint_only else METHODS
     out: dict = {"models": [str(args.model_a), str(args.model_b)], "n": args.n, "seed": args.seed, "rig_error_deg": args.rig_error_deg,
                  "refine_rig": args.refine_rig, "seconds_rendering": t_render, "sets": {}}  # fmt: skip

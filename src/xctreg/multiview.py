@@ -192,7 +192,7 @@ class MultiviewConfig:
             proposal before the views are combined (px, longest side; Adam steps).
         sizes, iterations: the joint levels.
         final_iterations: Adam steps of the last joint level, on the model's detector, with
-            ``refine.native_objective`` (edges place the pose; see ``RefineConfig``).
+            ``refine.last_objective`` (edges place the pose; see ``RefineConfig``).
         depth_weight: how many times less certain a single view's depth is than its in-plane
             position, for combining the proposals (the regressor's tz errors are 3-5 times its tx, ty).
         disagree_mm: the scale (mm) of the Cauchy weight on a proposal's disagreement.
@@ -563,7 +563,7 @@ class _JointRun:
         cfg = self.cfg
         size = max(cfg.sizes[-1], self.first.camera.height, self.first.camera.width)
         level = _level(self.regs, self.xrays, size, cfg.refine)
-        self._run_level(level, cfg.refine.native_objective, cfg.final_iterations, len(cfg.proposal_sizes) + len(cfg.sizes) - 1)
+        self._run_level(level, cfg.refine.last_objective, cfg.final_iterations, len(cfg.proposal_sizes) + len(cfg.sizes) - 1)
 
     def register_alone(self) -> None:
         """One view left: exactly what single-view ``register`` gives, mapped to the first view."""
