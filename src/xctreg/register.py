@@ -120,7 +120,8 @@ class RefineConfig:
             → 3.3 mm, tz bias +0.39) lose accuracy; dropping the 128 px model level before the
             native one does too (256² clean 0.17 → 0.22 mm).
         native_objective, depth_objective: the objectives of that level's Adam steps and
-            of its line search: gradient NCC. Depth shows as where edges fall; patch NCC also
+            of its line search on the X-ray's own finer pixels (on the model's detector:
+            ``last_objective``): gradient NCC. Depth shows as where edges fall; patch NCC also
             weighs smooth shading, whose shape depends on the X-ray's physics (spectrum, bone
             contrast, scatter), and where the field is collimated that moves its tz peak (tz
             sweeps through the truth, 128², a central disc: +1.5 ± 1.0 mm with patch NCC, +0.3 ±
