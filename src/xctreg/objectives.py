@@ -26,15 +26,19 @@ def _gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., :-1, 1:] - x[..., :-1, :-1], x[..., 1:, :-1] - x[..., :-1, :-1]
 
 
+def _gradient_masks(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masks of ``_gradients``' two differences: a difference counts only when both of its
+    pixels are inside ``mask``."""
+    return mask[..., :-1, :-1] * mask[..., :-1, 1:], mask[..., :-1, :-1] * mask[..., 1:, :-1]
+
+
 def gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient NCC: the mean of the NCCs of the horizontal and the vertical image gradients."""
     ax, ay = _gradients(a)
     bx, by = _gradients(b)
     if mask is None:
         return 0.5 * (ncc(ax, bx) + ncc(ay, by))
-    # a difference counts only when both of its pixels are inside the mask
-    mx = mask[..., :-1, :-1] * mask[..., :-1, 1:]
-    my = mask[..., :-1, :-1] * mask[..., 1:, :-1]
+    mx, my = _gradient_masks(mask)
     return 0.5 * (ncc(ax, bx, mx) + ncc(ay, by, my))
 
 
@@ -47,10 +51,7 @@ def local_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = 
     (spine, diaphragm) outweigh the rest, and their contrast depends on the X-ray's physics."""
     ax, ay = _gradients(a)
     bx, by = _gradients(b)
-    mx = my = None
-    if mask is not None:  # a difference counts only when both of its pixels are inside the mask
-        mx = mask[..., :-1, :-1] * mask[..., :-1, 1:]
-        my = mask[..., :-1, :-1] * mask[..., 1:, :-1]
+    mx, my = (None, None) if mask is None else _gradient_masks(mask)
     return 0.5 * (patch_ncc(ax, bx, mx, patch) + patch_ncc(ay, by, my, patch))
 
 
