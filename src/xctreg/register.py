@@ -657,24 +657,25 @@ class Registrar:
             image, mask, camera, size = xr.native.image, xr.native.mask, xr.native.camera, cfg.native_size
             if render.voxel_mm == "auto":  # the finest model level's volume: finer pixels, not a finer CT (3x faster, as accurate)
                 render = replace(render, voxel_mm=auto_voxel_mm(self.camera, self.reference.sid_mm))
+            adam_objective, depth_objective = cfg.native_objective, cfg.depth_objective
         else:
             image, mask, camera, size = xr.image, xr.mask, xr.camera, max(xr.camera.height, xr.camera.width)
-            cfg = replace(cfg, native_objective=cfg.last_objective, depth_objective=cfg.last_objective)
+            adam_objective = depth_objective = cfg.last_objective
         if cfg.match_blur:
             t0 = time.perf_counter()
-            sigma = self._estimate_blur(image, mask, camera, ref.params, size, cfg.native_objective, cfg.blur_grid_px, render)
+            sigma = self._estimate_blur(image, mask, camera, ref.params, size, adam_objective, cfg.blur_grid_px, render)
             ref = replace(ref.then(ref.params, 0, time.perf_counter() - t0, np.zeros((0, 6))), blur_px=sigma)
             cfg = replace(cfg, blur_px=sigma)
         if "adam" in cfg.native_search:
             t0 = time.perf_counter()
             f = cfg.lr_decay ** len(cfg.sizes)
             iters = cfg.native_iterations if on_native else cfg.last_iterations
-            level = replace(cfg, sizes=(size,), iterations=(iters,), objective=cfg.native_objective,
+            level = replace(cfg, sizes=(size,), iterations=(iters,), objective=adam_objective,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
             fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
         if "depth" in cfg.native_search:
-            ref = self._search_depth(image, mask, camera, ref, cfg, size, cfg.depth_objective, render)
+            ref = self._search_depth(image, mask, camera, ref, cfg, size, depth_objective, render)
         return ref
 
     def _search_depth(self, image: np.ndarray, mask: np.ndarray, camera: Camera, ref: Refinement, cfg: RefineConfig,
