@@ -1,7 +1,7 @@
 """Registration time per X-ray on the chest CT: regressor and refinement apart.
 
     python bench/register.py [--n 5] [--preset quick] [--model-dir DIR] [--device auto]
-                             [--similarity patch-ncc[,ncc+gradncc,...]] [--collimator]
+                             [--similarity local-gradncc[,patch-ncc,...]] [--collimator]
                              [--ct PATH] [--reference-device cpu] [--cold K] [--load N]
 
 Targets are polyenergetic, noisy DRRs at random poses. Without --model-dir the
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--model-dir", default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--similarity", default="patch-ncc", help="comma-separated objective names; default: the refinement default")
+    ap.add_argument("--similarity", default=None, help="comma-separated objective names; default: the refinement default (RefineConfig.objective)")
     ap.add_argument("--collimator", action="store_true")
     ap.add_argument("--lr-decay", type=float, default=None, help="RefineConfig.lr_decay (default: its default)")
     ap.add_argument("--ct", default=None, help="a CT instead of the chest CT")
@@ -102,7 +102,7 @@ def main() -> None:
                "collimator": args.collimator, "ct": args.ct or "chest", "seconds_regress": float(np.mean(t_reg)),
                "similarity": {}}  # fmt: skip
     rcfg = {} if args.lr_decay is None else {"lr_decay": args.lr_decay}
-    for name in args.similarity.split(","):
+    for name in (args.similarity or RefineConfig().objective).split(","):
         for d in devices:
             t_ref, errs = [], []
             for img, p, start, mask in zip(imgs, truth, starts, masks, strict=True):

@@ -14,7 +14,7 @@ from xctreg.data.phantom import make_phantom
 from xctreg.geometry import Camera, PoseReference, params_to_matrix
 from xctreg.metrics import mtre, target_points
 from xctreg.physics import DetectorConfig
-from xctreg.register import refine
+from xctreg.register import RefineConfig, refine
 from xctreg.render import RenderConfig, Renderer
 
 
@@ -27,13 +27,17 @@ def test_refinement_reaches_submillimetre_across_a_domain_gap() -> None:
     target_r = Renderer(vol, cam, RenderConfig(kvp=100.0, detector=DetectorConfig(photons=1e4, blur_px=0.7)), reference=ref)
     img = target_r(torch.tensor(true[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
     start = true + np.array([5.0, 5.0, 5.0, 10.0, 10.0, 20.0])
-    res = refine(vol, img, cam, ref, start)
     pts = torch.as_tensor(target_points(vol, 2000))
     T = lambda p: params_to_matrix(torch.as_tensor(p, dtype=torch.float64), ref)  # noqa: E731
     before = float(mtre(T(start), T(true), pts))
-    after = float(mtre(T(res.params), T(true), pts))
-    assert before > 20 and after < 1.0, (before, after)
-    assert res.iterations > 0 and res.score > 0.8
+    assert before > 20
+    # the default (local gradient NCC) and patch NCC; on this noisy phantom (1e4 photons, flat
+    # inside) local gradient NCC peaks lower, so each has its own score floor
+    for cfg, floor in ((RefineConfig(), 0.35), (RefineConfig(objective="patch-ncc"), 0.8)):
+        res = refine(vol, img, cam, ref, start, cfg)
+        after = float(mtre(T(res.params), T(true), pts))
+        assert after < 1.0, (cfg.objective, before, after)
+        assert res.iterations > 0 and res.score > floor, (cfg.objective, res.score)
 
 
 def test_register_cli_dicom_end_to_end(cli, model_dir, tmp_path) -> None:
@@ -130,7 +134,12 @@ def test_python_api_result(model_dir, tmp_path) -> None:
     b = reg.register(img, other, config=fast)
     c = reg.register(np.exp(-img / img.max() * 3), other, config=fast, transmission=True)  # raw intensities
     assert isinstance(a, xctreg.Result) and a.image.shape == (32, 32) and a.camera == reg.camera
-    assert np.allclose(a.params, b.params) and np.allclose(a.params, c.params, atol=0.05)
+    assert np.allclose(a.params, b.params)
+    # the raw intensities differ from ``img`` only by float rounding (< 1e-5 after -log and scaling); on
+    # the 32² test model depth is weakly observable and 10 steps per level do not converge, so
+    # that rounding moves tz by up to about 0.1 mm with local gradient NCC
+    assert np.abs(a.image - c.image).max() < 1e-5
+    assert np.allclose(a.params[:5], c.params[:5], atol=0.05) and abs(a.params[5] - c.params[5]) < 0.25
     assert a.iterations == len(a.trajectory) > 0 and a.trajectory.shape[1] == 6
     d = a.to_dict()
     spec = {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations", "projection_matrix"}
@@ -218,7 +227,8 @@ def test_registrar_runs_the_last_level_on_the_model_detector_for_an_xray_at_the_
     p = reg.space.sample(1, seed=4)[0]
     r = Renderer(small_phantom, reg.camera, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
     img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
-    none = RefineConfig(restarts=0, native_search="none")
+    # model levels on patch NCC, so that the last level's Adam steps (local gradient NCC) have another optimum to move to
+    none = RefineConfig(objective="patch-ncc", restarts=0, native_search="none")
     without = reg.register(img, reg.camera, config=none)
     with_depth = reg.register(img, reg.camera, config=replace(none, native_search="depth"))
     assert with_depth.iterations > without.iterations
@@ -255,7 +265,7 @@ def test_last_level_objective_depends_on_where_it_runs(model_dir, small_phantom,
     monkeypatch.setattr(R, "get_objective", lambda name: used.append(name) or real(name))
     reg = R.Registrar(model_dir / "m", ct=small_phantom)
     p = reg.space.sample(1, seed=4)[0]
-    cfg = R.RefineConfig(restarts=0, sizes=(16,), iterations=(3,), last_iterations=3, native_iterations=3)
+    cfg = R.RefineConfig(objective="patch-ncc", restarts=0, sizes=(16,), iterations=(3,), last_iterations=3, native_iterations=3)
     for cam in (reg.camera, reg.camera.resized(2 * reg.camera.height, 2 * reg.camera.width)):
         r = Renderer(small_phantom, cam, RenderConfig(detector=DetectorConfig(photons=3e4)), reference=reg.reference)
         img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
@@ -381,3 +391,24 @@ def test_match_blur_blurs_the_last_levels_drrs(model_dir, small_phantom) -> None
     assert "blur_px" not in plain.extra
     assert 0.6 < matched.extra["blur_px"] < 1.8
     assert not np.allclose(matched.params, plain.params)
+
+
+def test_restarts_are_decided_by_patch_ncc_not_by_the_objective(model_dir, small_phantom) -> None:
+    """Local gradient NCC peaks low on a noisy X-ray even at the right pose; the restart check
+    uses ``restart_objective`` (patch NCC), so a noisy but well-registered X-ray is not
+    restarted, and an X-ray the CT cannot explain is."""
+    from xctreg.register import RefineConfig, Registrar
+
+    reg = Registrar(model_dir / "m", ct=small_phantom)
+    p = reg.space.sample(1, seed=4)[0]
+    r = Renderer(small_phantom, reg.camera, RenderConfig(detector=DetectorConfig(photons=3e3)), reference=reg.reference)
+    img = r(torch.as_tensor(p[None], dtype=torch.float32), generator=torch.Generator().manual_seed(0))[0, 0].numpy()
+    cfg = RefineConfig(native_search="none", restarts=2, restart_below=0.6)
+    once = reg.register(img, reg.camera, config=replace(cfg, restarts=0))
+    xr = reg.prepare(img, reg.camera)
+    assert reg._restart_score(xr, once.params, cfg) > 0.6
+    assert reg._restart_score(xr, once.params, replace(cfg, restart_objective="local-gradncc")) < 0.6  # the objective's own peak: low
+    assert reg.register(img, reg.camera, config=cfg).iterations == once.iterations  # not restarted
+    noise = np.random.default_rng(0).random(img.shape).astype(np.float32)
+    lone = reg.register(noise, reg.camera, config=replace(cfg, restarts=0))
+    assert reg.register(noise, reg.camera, config=cfg).iterations > lone.iterations  # restarted

@@ -188,6 +188,10 @@ class MultiviewConfig:
     Attributes:
         refine: the single-view refinement settings the views share (learning rates, patience,
             objectives, renderer); a view left alone after the check is registered with it.
+        objective: the objective of the per-view proposal levels, the joint levels before the
+            last and the views' scores (``flag_*``): patch NCC, on whose scores the flag
+            thresholds below are calibrated (single-view ``register`` moved to local gradient
+            NCC on 2026-11-29; the joint levels were not re-tuned with it).
         proposal_sizes, proposal_iterations: the per-view levels that move each regressor
             proposal before the views are combined (px, longest side; Adam steps).
         sizes, iterations: the joint levels.
@@ -196,7 +200,7 @@ class MultiviewConfig:
         depth_weight: how many times less certain a single view's depth is than its in-plane
             position, for combining the proposals (the regressor's tz errors are 3-5 times its tx, ty).
         disagree_mm: the scale (mm) of the Cauchy weight on a proposal's disagreement.
-        flag_score: a view whose score alone (``refine.objective``) stays below this is left out.
+        flag_score: a view whose score alone (``objective``) stays below this is left out.
         flag_drop: a view whose score at the joint pose falls this far below its score alone is left out.
         flag_gap: a view whose score alone is this far below the best view's is flagged but kept
             (weighted by its score). Tuning split (6 DiffDRR pairs, chest): good realistic views
@@ -209,6 +213,7 @@ class MultiviewConfig:
     """
 
     refine: RefineConfig = field(default_factory=RefineConfig)
+    objective: str = "patch-ncc"
     proposal_sizes: tuple[int, ...] = (32, 64)
     proposal_iterations: tuple[int, ...] = (60, 50)
     sizes: tuple[int, ...] = (64, 128)
@@ -235,7 +240,7 @@ class MultiviewConfig:
 @dataclass
 class ViewReport:
     """How one view took part: its weight in the joint objective (0: left out), why it was flagged (or None),
-    its score alone and at the joint pose (``refine.objective``), how far its proposal lay from
+    its score alone and at the joint pose (``MultiviewConfig.objective``), how far its proposal lay from
     the combined start (mm, CT centre; NaN, null in JSON, for a view not combined) and its
     rig's refined rotation (deg)."""
 
@@ -474,7 +479,7 @@ class _JointRun:
         props = [g.params for g in self.regressions]
         quality = [1.0] * len(props)
         if refine_pose:
-            pcfg = replace(cfg.refine, sizes=cfg.proposal_sizes, iterations=cfg.proposal_iterations)
+            pcfg = replace(cfg.refine, sizes=cfg.proposal_sizes, iterations=cfg.proposal_iterations, objective=cfg.objective)
             self.alone = [refine(r.volume_for, x.image, x.camera, r.reference, p, pcfg, x.mask, r._renderers, r.device)
                           for r, x, p in zip(self.regs, self.xrays, props, strict=True)]  # fmt: skip
             props = [a.params for a in self.alone]
@@ -532,15 +537,15 @@ class _JointRun:
         self.weights, _ = self._combine(np.where(self.weights > 0, np.maximum(self.quality, 1e-6), 0.0))
         level = _level(self.regs, self.xrays, cfg.sizes[0], rc)
         cands = [self.p] + [self._first_params(T) for k, T in enumerate(self.T0s) if self.weights[k] > 0]
-        self.p = self.start = cands[int(np.argmax([self._objective(level, c, rc.objective) for c in cands]))]
+        self.p = self.start = cands[int(np.argmax([self._objective(level, c, cfg.objective) for c in cands]))]
         for i, (size, it) in enumerate(zip(cfg.sizes, cfg.iterations, strict=True)):
             level = level if i == 0 else _level(self.regs, self.xrays, size, rc)
-            self._run_level(level, rc.objective, it, len(cfg.proposal_sizes) - 1 + i)
+            self._run_level(level, cfg.objective, it, len(cfg.proposal_sizes) - 1 + i)
 
     def _scores_at(self, p: np.ndarray) -> list[float]:
         level = _level(self.regs, self.xrays, self.cfg.proposal_sizes[-1], self.cfg.refine)
         with torch.no_grad():
-            return [float(s) for s in _scores(level, self.joint.poses(torch.as_tensor(p)), self.cfg.refine.objective, range(len(self.regs)))]
+            return [float(s) for s in _scores(level, self.joint.poses(torch.as_tensor(p)), self.cfg.objective, range(len(self.regs)))]
 
     def check(self) -> bool:
         """Leave out the view that the joint pose explains worst compared with its own pose (its
