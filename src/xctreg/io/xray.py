@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import SimpleITK as sitk
 
 from xctreg._fs import atomic_path
 from xctreg.errors import XctregError
@@ -357,6 +356,8 @@ def read_xray(path: str | os.PathLike[str], transmission: bool = False) -> XRay:
         arr, camera, positioner, rel, orient = d.image, d.camera, d.positioner_deg, d.relationship, d.patient_orientation
     elif s in (".png", ".tif", ".tiff"):
         try:
+            import SimpleITK as sitk  # on first use: a .npy X-ray does not need it
+
             arr = sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
         except RuntimeError as exc:
             from xctreg.io._itk import itk_reason
@@ -470,6 +471,8 @@ def write_xray(
     if s not in XRAY_SUFFIXES:
         raise XctregError(f"unsupported X-ray format {p.name}; use .npy, .png, .tif/.tiff or .dcm")
     style = DicomStyle(photometric, intensity_relationship, intensity_sign, positioner_deg)
+    import SimpleITK as sitk  # on first use, as in read_xray
+
     with atomic_path(p) as tmp:
         if s == ".npy":
             with open(tmp, "wb") as fh:
