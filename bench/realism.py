@@ -217,14 +217,15 @@ def summarise(e_reg: list[float], e_ref: list[float], d_reg: np.ndarray, d_ref: 
 
 
 def markdown(out: dict) -> str:
-    """One table: per set, regressor and refined median / p95 mTRE, SR and every bias ± its standard error."""
+    """One table: per set, regressor and refined median / p95 mTRE, SR and every bias with its
+    standard error in brackets. ASCII only: a console or CI log in an ASCII locale must print it."""
     from xctreg.geometry import PARAM_NAMES
 
-    head = "| set | regressor median / p95 mm | SR@20 | refined median / p95 mm | SR@10 | " + " | ".join(f"bias ± se {k}" for k in PARAM_NAMES) + " |"
+    head = "| set | regressor median / p95 mm | SR@20 | refined median / p95 mm | SR@10 | " + " | ".join(f"bias (se) {k}" for k in PARAM_NAMES) + " |"
     rows = [head, "|" + "---|" * (5 + len(PARAM_NAMES))]
     for name, s in out["sets"].items():
         g, r = s["regressor"], s["refined"]
-        bias = " | ".join(f"{r['params'][k]['bias']:+.3f} ± {r['params'][k]['se']:.3f}" for k in PARAM_NAMES)
+        bias = " | ".join(f"{r['params'][k]['bias']:+.3f} ({r['params'][k]['se']:.3f})" for k in PARAM_NAMES)
         rows.append(f"| {name} | {g['median']:.2f} / {g['p95']:.2f} | {g['sr_20mm']:.0%} | {r['median']:.2f} / {r['p95']:.2f} | {r['sr_10mm']:.0%} | {bias} |")
     return "\n".join(rows)
 
