@@ -129,17 +129,15 @@ def test_python_api_result(model_dir, tmp_path) -> None:
     true = np.array([2.0, -3.0, 4.0, 5.0, -5.0, 10.0])
     img = Renderer(reg.ct(), other, reference=reg.reference)(torch.tensor(true[None], dtype=torch.float32))[0, 0].numpy()
     write_xray(tmp_path / "x.npy", img)
-    fast = xctreg.register.RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=0)
+    # patch NCC: on the 32² test model, 10 unconverged steps of local gradient NCC per level turn the
+    # raw intensities' float rounding into up to 0.1 mm of depth; this test is about the inputs
+    fast = xctreg.register.RefineConfig(sizes=(16, 32), iterations=(10, 10), restarts=0, objective="patch-ncc")
     a = reg.register(tmp_path / "x.npy", geom, config=fast)
     b = reg.register(img, other, config=fast)
     c = reg.register(np.exp(-img / img.max() * 3), other, config=fast, transmission=True)  # raw intensities
     assert isinstance(a, xctreg.Result) and a.image.shape == (32, 32) and a.camera == reg.camera
-    assert np.allclose(a.params, b.params)
-    # the raw intensities differ from ``img`` only by float rounding (< 1e-5 after -log and scaling); on
-    # the 32² test model depth is weakly observable and 10 steps per level do not converge, so
-    # that rounding moves tz by up to about 0.1 mm with local gradient NCC
-    assert np.abs(a.image - c.image).max() < 1e-5
-    assert np.allclose(a.params[:5], c.params[:5], atol=0.05) and abs(a.params[5] - c.params[5]) < 0.25
+    assert np.allclose(a.params, b.params) and np.allclose(a.params, c.params, atol=0.05)
+    assert np.abs(a.image - c.image).max() < 1e-5  # raw intensities: the same image up to float rounding
     assert a.iterations == len(a.trajectory) > 0 and a.trajectory.shape[1] == 6
     d = a.to_dict()
     spec = {"T_cam_from_world", "params", "reference", "initial", "similarity", "timing_s", "iterations", "projection_matrix"}

@@ -817,9 +817,9 @@ class Registrar:
                 d = rng.uniform(-1, 1, 6) * np.repeat(cfg.restart_spread, 3)
                 alt = refine(self.volume_for, xr.image, cam, self.reference, reg.params + d, cfg, xr.mask, self._renderers, self.device)
                 merged = np.concatenate([ref.trajectory, alt.trajectory])
-                if alt.score > ref.score:
-                    check = self._restart_score(xr, alt.params, cfg)
                 best = alt if alt.score > ref.score else ref
+                if best is alt:
+                    check = self._restart_score(xr, alt.params, cfg)
                 ref = Refinement(best.params, best.score, ref.iterations + alt.iterations, ref.seconds + alt.seconds, merged)
                 k += 1
             if cfg.native_search != "none":

@@ -471,16 +471,15 @@ def write_xray(
     if s not in XRAY_SUFFIXES:
         raise XctregError(f"unsupported X-ray format {p.name}; use .npy, .png, .tif/.tiff or .dcm")
     style = DicomStyle(photometric, intensity_relationship, intensity_sign, positioner_deg)
-    import SimpleITK as sitk  # on first use, as in read_xray
-
     with atomic_path(p) as tmp:
         if s == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, img)
-        elif s == ".png":
-            sitk.WriteImage(sitk.GetImageFromArray(_scale_u16(img)[0]), str(tmp))
-        elif s in (".tif", ".tiff"):
-            sitk.WriteImage(sitk.GetImageFromArray(img), str(tmp))
+        elif s in (".png", ".tif", ".tiff"):
+            import SimpleITK as sitk  # on first use, as in read_xray
+
+            out = _scale_u16(img)[0] if s == ".png" else img
+            sitk.WriteImage(sitk.GetImageFromArray(out), str(tmp))
         else:
             _write_dicom(tmp, img, camera, sop, sid_mm, style)
     return p
