@@ -63,6 +63,27 @@ def test_local_gradncc_ignores_a_ramp_and_a_smooth_gain_that_global_measures_do_
     assert float(f(_image(1.0), gain, None)) < local - 0.02
 
 
+def test_weighted_local_gradncc_discounts_what_the_drr_leaves_flat() -> None:
+    """An instrument (a bright bar) over a region that the DRR shows flat: the windows there
+    cannot agree, so plain local gradient NCC drops; weighted by the DRR's gradient strength
+    they hardly count. Power 0 is the plain mean, and the weights carry no gradient."""
+    from xctreg.objectives import local_gradncc
+
+    a = _image()
+    a[:, 22:] = float(a[:, 21].mean())  # the CT predicts nothing on the right
+    b = a.clone()
+    b[10:40, 31:34] += 0.8  # what the CT lacks
+    plain, weighted = float(get_objective("local-gradncc")(a, b, None)), float(get_objective("weighted-local-gradncc")(a, b, None))
+    assert plain < 0.9 and weighted > 0.999
+    assert float(local_gradncc(a, b, None, weight_power=0.0)) == pytest.approx(plain, abs=1e-7)
+    # still an objective of the pose: misaligned falls off
+    assert float(get_objective("weighted-local-gradncc")(_image(2.0), _image(), None)) < 0.99
+    # held-constant weights: the gradient is the weighted mean of the windows' gradients
+    x = _image(1.0).requires_grad_(True)
+    get_objective("weighted-local-gradncc")(x, _image(), None).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_unknown_objective() -> None:
     with pytest.raises(XctregError, match="unknown similarity 'mi'"):
         get_objective("mi")

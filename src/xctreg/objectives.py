@@ -42,17 +42,27 @@ def gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) 
     return 0.5 * (ncc(ax, bx, mx) + ncc(ay, by, my))
 
 
-def local_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9) -> torch.Tensor:
+def local_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9,
+                  weight_power: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Local gradient NCC: ``patch_ncc`` of the horizontal and of the vertical image gradients,
     averaged. Each window is normalised on its own, so a smooth gain or offset that varies
     across the image (scatter, heel effect, local contrast from kVp and bone density) hardly
     moves it, and a linear intensity ramp not at all; what is left is where the edges fall,
     which is where magnification (depth) shows. Global gradient NCC lets the strongest edges
-    (spine, diaphragm) outweigh the rest, and their contrast depends on the X-ray's physics."""
+    (spine, diaphragm) outweigh the rest, and their contrast depends on the X-ray's physics.
+    ``weight_power``: as ``patch_ncc``'s, on the DRR's gradients."""
     ax, ay = _gradients(a)
     bx, by = _gradients(b)
     mx, my = (None, None) if mask is None else _gradient_masks(mask)
-    return 0.5 * (patch_ncc(ax, bx, mx, patch) + patch_ncc(ay, by, my, patch))
+    return 0.5 * (patch_ncc(ax, bx, mx, patch, weight_power) + patch_ncc(ay, by, my, patch, weight_power))
+
+
+def weighted_local_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``local_gradncc`` with each window weighted by the DRR's gradient strength there
+    (``weight_power`` 1): the windows where the CT predicts edges decide, and windows that
+    the CT leaves flat but the X-ray does not (an instrument, scatter-lifted noise) hardly
+    count. The last level's default (docs/register.md)."""
+    return local_gradncc(a, b, mask, weight_power=1.0)
 
 
 def ncc_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,10 +70,16 @@ def ncc_gradncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = No
     return 0.5 * ncc(a, b, mask) + 0.5 * gradncc(a, b, mask)
 
 
-def patch_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9) -> torch.Tensor:
+def patch_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, patch: int = 9,
+              weight_power: float = 0.0) -> torch.Tensor:  # fmt: skip
     """Local NCC in ``patch`` x ``patch`` windows (stride patch // 2), averaged over the windows
     that are mostly inside the mask and not flat in ``b`` (the fixed image, the X-ray);
-    insensitive to slow intensity trends (scatter, heel effect)."""
+    insensitive to slow intensity trends (scatter, heel effect).
+
+    ``weight_power`` p > 0 weighs each window by (its standard deviation in ``a``, the DRR,
+    over ``a``'s) ** p, held constant under differentiation: windows where the CT predicts
+    structure count more than those where it predicts none (an instrument, noise on a flat
+    field). 0 is the plain mean."""
     shape = a.shape[:-2]
     a4 = a.reshape(-1, 1, *a.shape[-2:])
     b4 = b.reshape(-1, 1, *b.shape[-2:])
@@ -85,6 +101,9 @@ def patch_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
     gb = b4.flatten(1).var(1).reshape(-1, 1, 1, 1)
     local = cov / ((va + 1e-6 * ga) * (vb + 1e-6 * gb)).sqrt()
     keep = ((w > 0.75) & (vb > 1e-3 * gb)).to(a4)
+    if weight_power > 0:
+        keep = keep * (va / ga.clamp_min(1e-30)).detach().sqrt() ** weight_power
+        return ((local * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1e-12)).reshape(shape)
     return ((local * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)).reshape(shape)
 
 
@@ -170,6 +189,7 @@ OBJECTIVES: dict[str, Objective] = {
     "ncc": ncc,
     "gradncc": gradncc,
     "local-gradncc": local_gradncc,
+    "weighted-local-gradncc": weighted_local_gradncc,
     "ncc+gradncc": ncc_gradncc,
     "patch-ncc": patch_ncc,
     "patch-ncc+gradncc": patch_gradncc,
