@@ -132,3 +132,19 @@ def test_override_reads_each_field_as_its_type() -> None:
     assert override(cfg, ["match_blur=false"]).match_blur is False
     with pytest.raises(SystemExit, match="no field 'nope'"):
         override(cfg, ["nope=1"])
+
+
+def test_multiview_table_is_ascii_and_compares_the_translations() -> None:
+    """bench/multiview.py's table prints in an ASCII locale and carries the mean absolute
+    errors of tx, ty and tz that issue #16's depth criterion compares."""
+    from multiview import markdown, stats
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(0, 0.05, (20, 6)) * np.array([1, 1, 1, 1, 1, 2])
+    r = stats(list(rng.uniform(0.05, 0.3, 20)), d, [3.0] * 20)
+    table = markdown({"sets": {"clean": {"joint": r, "first": r, "flagged_second": 0.0, "flagged_first": 0.0}}})
+    table.encode("ascii")  # raises on any non-ASCII character
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    mae = np.abs(d[:, 3:]).mean(0)
+    assert " / ".join(f"{x:.3f}" for x in mae) in lines[2]
