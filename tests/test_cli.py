@@ -51,6 +51,22 @@ def test_console_script_exit_code_and_one_line_error(tmp_path) -> None:
     assert proc.stderr.strip().splitlines() == [f"error: CT not found: {tmp_path / 'missing.nii.gz'}"]
 
 
+def test_console_script_skips_teardown_but_keeps_its_outputs(tmp_path) -> None:
+    """main() leaves with os._exit (issue #13: a normal exit after importing torch costs 0.4 s or
+    more): the summary printed to a pipe, the file written and the exit code must all survive."""
+    exe = Path(sys.executable).with_name("xctreg")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from xctreg.cli import main; main()"]
+    out = tmp_path / "ph.nii.gz"
+    proc = subprocess.run([*cmd, "data", "phantom", str(out), "--size", "24", "--spacing", "8"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and str(out.name) in proc.stdout
+    assert read_volume(out).shape_ijk == (24, 24, 24)
+    probe = "import sys, xctreg.cli as c; print('before exit', end=''); c._exit_now(3)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered then
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout) == (3, "before exit")  # buffered output is flushed first
+
+
 def test_data_phantom_writes_a_valid_ct(cli, tmp_path) -> None:
     res = cli("data", "phantom", tmp_path / "ph.nii.gz", "--size", "48", "--spacing", "8")
     assert res.code == 0, res.err
