@@ -102,3 +102,67 @@ def test_a_changed_ct_is_refused_even_when_levels_spare_reading_it(model_dir, tm
     assert_one_line_error(cli("register", copy, tmp_path / "x.npy"), "SHA-256")
     res = cli("register", copy, tmp_path / "x.npy", "--out", tmp_path / "r.json", "--force")  # the stored levels suffice
     assert res.code == 0, res.err
+
+
+def test_a_level_keeps_its_material_volumes(tmp_path) -> None:
+    """Stored materials are what the renderer then uses (not recomputed); those of another
+    decomposition or of the wrong shape are ignored and computed as before."""
+    import json
+
+    from xctreg.physics.materials import DecompositionConfig
+    from xctreg.render.drr import material_volume
+    from xctreg.render.levels import has_materials
+
+    v = _vol()
+    want = material_volume(v).copy()
+    p = level_path(tmp_path, 2.5)
+    save_level(p, v, "abc", 2.5)
+    assert not has_materials(p)
+    save_level(p, v, "abc", 2.5, materials=want)
+    assert has_materials(p)
+    got = load_level(p, "abc", 2.5)
+    assert got is not None
+    np.testing.assert_array_equal(material_volume(got), want)
+    with np.load(p) as z:  # the very array loaded from the file is the one used
+        stored = {k: z[k] for k in z.files}
+    stored["materials"] = np.full_like(want, 0.5)
+    meta = json.loads(bytes(stored["meta"]).decode())
+    np.savez(p, **stored)
+    assert np.all(material_volume(load_level(p, "abc", 2.5)) == 0.5)
+    meta["decomposition"] = {**meta["decomposition"], "bone_hu": 300.0}  # another decomposition's
+    stored["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(p, **stored)
+    assert not has_materials(p)
+    np.testing.assert_array_equal(material_volume(load_level(p, "abc", 2.5)), want)
+    stored["materials"] = np.zeros((2, 2, 2, 3), np.float32)  # the wrong shape
+    stored["meta"] = np.frombuffer(json.dumps({**meta, "decomposition": json.loads(json.dumps(DecompositionConfig().__dict__))}).encode(), dtype=np.uint8)
+    np.savez(p, **stored)
+    np.testing.assert_array_equal(material_volume(load_level(p, "abc", 2.5)), want)
+    with pytest.raises(ValueError, match="do not fit"):
+        save_level(p, v, "abc", 2.5, materials=want[:-1])
+
+
+def test_register_stores_materials_and_a_fresh_process_does_not_compute_them(model_dir, tmp_path, monkeypatch) -> None:
+    """A model folder whose levels predate the materials gets them on first use; a later
+    Registrar renders from them without computing materials, to the same DRR."""
+    import xctreg.render.drr as drr
+    from xctreg.register import Registrar
+    from xctreg.render.levels import has_materials
+
+    m = tmp_path / "m"
+    shutil.copytree(model_dir / "m", m)
+    reg = Registrar(m)
+    for v in reg.level_voxels():  # as stored before levels kept materials
+        lv = load_level(level_path(m, v), reg.meta["ct_sha256"], v)
+        save_level(level_path(m, v), lv, reg.meta["ct_sha256"], v)
+        assert not has_materials(level_path(m, v))
+    q = torch.as_tensor(reg.space.sample(2, seed=3), dtype=torch.float32)
+    first = Registrar(m)
+    before = first.renderer()(q)
+    assert has_materials(level_path(m, first.renderer().voxel_mm))  # the level it rendered from, upgraded
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("material volumes computed although stored")
+
+    monkeypatch.setattr(drr, "material_densities", refuse)
+    assert torch.equal(Registrar(m).renderer()(q), before)

@@ -51,8 +51,8 @@ from xctreg.metrics import image_scores
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
-from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, pyramid_level
-from xctreg.render.levels import level_path, load_level, save_level
+from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, material_volume, pyramid_level
+from xctreg.render.levels import has_materials, level_path, load_level, save_level
 from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
 
@@ -533,6 +533,8 @@ class Registrar:
         Kept in MODEL_DIR/levels (``render.levels``), so that a fresh process loads it instead of
         reading and downsampling the full CT; made and stored there on first use (a model folder
         that cannot be written to only loses the speed-up). A level also works without the CT.
+        The levels of ``level_voxels`` also keep their material volumes (a level stored without
+        them gets them on its first use).
         """
         voxel = float(voxel_mm)  # exactly the renderer's: a rounded one would make another grid
         hit = self._levels.get(voxel)
@@ -543,11 +545,14 @@ class Registrar:
         if self.strict and self._ct is None and self._ct_change() is not None:
             raise XctregError(self._ct_change())  # the stored levels would spare reading it: check its file anyway
         vol = load_level(path, sha, voxel) if sha and self._ct_matches else None
-        if vol is None:
-            vol = pyramid_level(self.ct(), voxel)
+        # the levels of a default register on the model's detector keep their material volumes
+        # too (4x the HU's size; finer levels' rendering outweighs computing them)
+        keep = voxel in self.level_voxels()
+        if vol is None or (keep and not has_materials(path)):  # new, or stored before levels kept materials
+            vol = pyramid_level(self.ct(), voxel) if vol is None else vol
             if sha and self._ct_matches:
                 try:
-                    save_level(path, vol, sha, voxel)
+                    save_level(path, vol, sha, voxel, materials=material_volume(vol) if keep else None)
                 except OSError as exc:
                     warnings.warn(f"cannot keep the CT's level in {path.parent} ({exc.strerror}); each new process will recompute it", stacklevel=2)
         self._levels[voxel] = vol

@@ -150,6 +150,15 @@ def material_volume(volume: Volume, mode: Mode = "poly", decomposition: Decompos
     return _per_volume(_MATERIALS, volume, (mode == "line", dec), make)
 
 
+def keep_material_volume(volume: Volume, channels: np.ndarray, decomposition: DecompositionConfig | None = None) -> None:
+    """Make ``channels`` ((nk, nj, ni, 3) float32 g/cm³, writable, C-contiguous) what
+    ``material_volume(volume, "poly", decomposition)`` returns, instead of computing them:
+    material volumes stored with a CT level (``render.levels``)."""
+    if channels.shape != (*volume.hu.shape, 3) or channels.dtype != np.float32:
+        raise ValueError(f"material volumes {channels.shape} {channels.dtype} do not fit a volume of shape {volume.hu.shape}")
+    _per_volume(_MATERIALS, volume, (False, decomposition or DecompositionConfig()), lambda: channels)
+
+
 class Renderer:
     """Render DRRs of one CT with one camera.
 
