@@ -166,3 +166,31 @@ def test_register_stores_materials_and_a_fresh_process_does_not_compute_them(mod
 
     monkeypatch.setattr(drr, "material_densities", refuse)
     assert torch.equal(Registrar(m).renderer()(q), before)
+
+
+def test_an_unwritable_folder_warns_only_when_a_level_is_missing(model_dir, tmp_path, monkeypatch) -> None:
+    """A level stored without its materials still serves: failing to add them is silent. A
+    level that cannot be stored at all warns (each new process recomputes it)."""
+    import warnings
+
+    import xctreg.register as register_module
+    from xctreg.register import Registrar
+
+    m = tmp_path / "m"
+    shutil.copytree(model_dir / "m", m)
+    reg = Registrar(m)
+    for v in reg.level_voxels():
+        save_level(level_path(m, v), load_level(level_path(m, v), reg.meta["ct_sha256"], v), reg.meta["ct_sha256"], v)
+
+    def unwritable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(register_module, "save_level", unwritable)
+    q = torch.as_tensor(reg.space.sample(1, seed=3), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Registrar(m).renderer()(q)
+    for v in reg.level_voxels():
+        level_path(m, v).unlink()
+    with pytest.warns(UserWarning, match="cannot keep the CT's level"):
+        Registrar(m).renderer()(q)

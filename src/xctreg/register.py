@@ -548,15 +548,26 @@ class Registrar:
         # the levels of a default register on the model's detector keep their material volumes
         # too (4x the HU's size; finer levels' rendering outweighs computing them)
         keep = voxel in self.level_voxels()
-        if vol is None or (keep and not has_materials(path)):  # new, or stored before levels kept materials
-            vol = pyramid_level(self.ct(), voxel) if vol is None else vol
-            if sha and self._ct_matches:
-                try:
-                    save_level(path, vol, sha, voxel, materials=material_volume(vol) if keep else None)
-                except OSError as exc:
-                    warnings.warn(f"cannot keep the CT's level in {path.parent} ({exc.strerror}); each new process will recompute it", stacklevel=2)
+        if vol is None:
+            vol = pyramid_level(self.ct(), voxel)
+            self._store_level(path, vol, voxel, keep)
+        elif keep and not has_materials(path):  # stored before levels kept their materials
+            self._store_level(path, vol, voxel, keep, quiet=True)
         self._levels[voxel] = vol
         return vol
+
+    def _store_level(self, path: Path, vol: Volume, voxel_mm: float, materials: bool, quiet: bool = False) -> None:
+        """Keep ``vol`` (and its material volumes when ``materials``) at ``path`` when it is the
+        CT of config.json's; a folder that cannot be written to warns, unless ``quiet`` (a level
+        already stored there, without its materials, still serves)."""
+        sha = self.meta.get("ct_sha256")
+        if not (sha and self._ct_matches):
+            return
+        try:
+            save_level(path, vol, sha, voxel_mm, materials=material_volume(vol) if materials else None)
+        except OSError as exc:
+            if not quiet:
+                warnings.warn(f"cannot keep the CT's level in {path.parent} ({exc.strerror}); each new process will recompute it", stacklevel=3)
 
     def level_voxels(self, config: RefineConfig | None = None) -> list[float]:
         """The voxel sizes (mm) of the CT levels that ``register`` with ``config`` renders from on

@@ -7,9 +7,9 @@ A level is the CT resampled (anti-aliased) to no axis finer than ``voxel_mm``, e
 whose CT hash differs from the model's, or that does not load, is ignored and recomputed.
 
 A level also keeps the renderer's material volumes of it (air, soft tissue and bone partial
-densities, g/cm³, for the default decomposition): loading them instead of computing them
-spares a fresh ``register`` 0.06–0.08 s (issue #13). A level without them, or with those of
-another decomposition, still loads; its materials are then computed as before.
+densities, g/cm³, for the default decomposition): computing them takes a fresh ``register``
+0.06–0.08 s, loading and checking them about half that (issue #13). A level without them, or
+with those of another decomposition, still loads; its materials are then computed as before.
 """
 
 from __future__ import annotations
