@@ -108,6 +108,7 @@ def test_a_level_keeps_its_material_volumes(tmp_path) -> None:
     """Stored materials are what the renderer then uses (not recomputed); those of another
     decomposition or of the wrong shape are ignored and computed as before."""
     import json
+    from dataclasses import asdict
 
     from xctreg.physics.materials import DecompositionConfig
     from xctreg.render.drr import material_volume
@@ -135,7 +136,7 @@ def test_a_level_keeps_its_material_volumes(tmp_path) -> None:
     assert not has_materials(p)
     np.testing.assert_array_equal(material_volume(load_level(p, "abc", 2.5)), want)
     stored["materials"] = np.zeros((2, 2, 2, 3), np.float32)  # the wrong shape
-    stored["meta"] = np.frombuffer(json.dumps({**meta, "decomposition": json.loads(json.dumps(DecompositionConfig().__dict__))}).encode(), dtype=np.uint8)
+    stored["meta"] = np.frombuffer(json.dumps({**meta, "decomposition": asdict(DecompositionConfig())}).encode(), dtype=np.uint8)
     np.savez(p, **stored)
     np.testing.assert_array_equal(material_volume(load_level(p, "abc", 2.5)), want)
     with pytest.raises(ValueError, match="do not fit"):

@@ -51,8 +51,8 @@ from xctreg.metrics import image_scores
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig, prepare_xray
 from xctreg.render import RenderConfig, Renderer
-from xctreg.render.drr import auto_voxel_mm, level_voxel_mm, material_volume, pyramid_level
-from xctreg.render.levels import has_materials, level_path, load_level, save_level
+from xctreg.render.drr import auto_voxel_mm, has_material_volume, level_voxel_mm, material_volume, pyramid_level
+from xctreg.render.levels import level_path, load_level, save_level
 from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
 
@@ -551,7 +551,7 @@ class Registrar:
         if vol is None:
             vol = pyramid_level(self.ct(), voxel)
             self._store_level(path, vol, voxel, keep)
-        elif keep and not has_materials(path):  # stored before levels kept their materials
+        elif keep and not has_material_volume(vol):  # stored before levels kept their materials (or they were damaged)
             self._store_level(path, vol, voxel, keep, quiet=True)
         self._levels[voxel] = vol
         return vol

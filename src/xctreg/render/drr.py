@@ -159,6 +159,13 @@ def keep_material_volume(volume: Volume, channels: np.ndarray, decomposition: De
     _per_volume(_MATERIALS, volume, (False, decomposition or DecompositionConfig()), lambda: channels)
 
 
+def has_material_volume(volume: Volume, decomposition: DecompositionConfig | None = None) -> bool:
+    """Whether ``material_volume(volume, "poly", decomposition)`` is at hand without computing it
+    (stored with its level and loaded, or computed before)."""
+    hit = _MATERIALS.get((id(volume), (False, decomposition or DecompositionConfig())))
+    return hit is not None and hit[0]() is volume
+
+
 class Renderer:
     """Render DRRs of one CT with one camera.
 

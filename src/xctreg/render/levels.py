@@ -60,7 +60,7 @@ def load_level(path: str | Path, ct_sha256: str | None, voxel_mm: float) -> Volu
             if meta.get("format") != LEVEL_FORMAT or meta.get("ct_sha256") != ct_sha256 or abs(meta.get("voxel_mm", -1) - voxel_mm) > 1e-6:
                 return None
             vol = Volume(z["hu"], z["spacing"], z["origin"], z["direction"])
-            mats = z["materials"] if "materials" in z.files and meta.get("decomposition") == asdict(DecompositionConfig()) else None
+            mats = z["materials"] if _default_materials(z.files, meta) else None
     except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed, whatever numpy raises
         warnings.warn(f"ignoring the damaged CT level {p} ({type(exc).__name__}); it will be recomputed", stacklevel=2)
         return None
@@ -74,10 +74,15 @@ def load_level(path: str | Path, ct_sha256: str | None, voxel_mm: float) -> Volu
     return vol
 
 
+def _default_materials(files: list[str], meta: dict) -> bool:
+    """Whether a level's arrays (``files``) and ``meta`` hold materials of the default decomposition."""
+    return "materials" in files and meta.get("decomposition") == asdict(DecompositionConfig())
+
+
 def has_materials(path: str | Path) -> bool:
     """Whether the level stored at ``path`` keeps material volumes of the default decomposition."""
     try:
         with np.load(Path(path), allow_pickle=False) as z:
-            return "materials" in z.files and json.loads(bytes(z["meta"]).decode()).get("decomposition") == asdict(DecompositionConfig())
+            return _default_materials(z.files, json.loads(bytes(z["meta"]).decode()))
     except Exception:  # noqa: BLE001 - unreadable: it has none to offer
         return False
