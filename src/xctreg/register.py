@@ -55,6 +55,7 @@ from xctreg.render.drr import auto_voxel_mm, has_material_volume, level_voxel_mm
 from xctreg.render.levels import level_path, load_level, save_level
 from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
+from xctreg.newton import NewtonConfig, refine_newton
 
 
 @dataclass
@@ -178,6 +179,17 @@ class RefineConfig:
             start pose cannot explain (``objectives.outlier_mask`` with k = this value). Off:
             on the tuning split it did not help (instrument set) or hurt (all effects), as
             it also drops the misaligned edges that show depth.
+        last_optimizer, newton: how that level's steps move the pose. "newton" (the default):
+            Levenberg–Marquardt (``xctreg.newton``) with the objective's own curvature, from the
+            DRR's Jacobian that the numba kernel gives with each render, at most
+            ``newton.iterations`` renders (it falls back to Adam where the renderer is not the
+            numba one, e.g. on CUDA). "adam": ``last_iterations`` / ``native_iterations`` Adam
+            steps. Newton steps converge in 3–8 renders where Adam took 20, and reach a higher
+            objective. Chest quick model, 128², 40 independent X-rays per set, median / p95 mm,
+            paired mean change, s per X-ray (2 cores, warm), Adam → Newton: tuning split (seed
+            1234) clean 0.21 / 0.38 → 0.17 / 0.33, −0.035 ± 0.010, 1.07 → 0.66 s; realistic
+            0.54 / 1.38 → 0.58 / 1.40, −0.033 ± 0.025, 0.99 → 0.74 s. Report split (seed 2027)
+            clean 0.20 / 0.41 → 0.15 / 0.37, realistic 0.53 / 1.40 → 0.50 / 1.55.
         render: how refinement renders its DRRs. Its pose gradient holds the rays' entry and
             exit through the CT's faces fixed (``face_gradient=False``): with that term, the
             tuning split (20 independent X-rays per set, 128², chest) was as accurate (clean
@@ -212,6 +224,8 @@ class RefineConfig:
     depth_half_mm: float = 1.5
     depth_samples: int = 5
     depth_rounds: int = 1
+    last_optimizer: Literal["adam", "newton"] = "newton"
+    newton: NewtonConfig = field(default_factory=NewtonConfig)
     render: RenderConfig = field(default_factory=lambda: RenderConfig(face_gradient=False))
 
 
@@ -706,7 +720,12 @@ class Registrar:
             iters = cfg.native_iterations if on_native else cfg.last_iterations
             level = replace(cfg, sizes=(size,), iterations=(iters,), objective=adam_objective,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
-            fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
+            r, y, mk = self._level(image, mask, camera, size, render)
+            if cfg.last_optimizer == "newton" and r.backend == "numba":
+                sim = with_blur(get_objective(adam_objective), cfg.blur_px)
+                fine = Refinement(*refine_newton(r, sim, y, mk, ref.params, cfg.newton))
+            else:
+                fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
         if "depth" in cfg.native_search:
             ref = self._search_depth(image, mask, camera, ref, cfg, size, depth_objective, render)
