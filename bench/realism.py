@@ -232,17 +232,23 @@ def markdown(out: dict) -> str:
 
 def override(cfg, pairs: list[str]):
     """``cfg`` (a dataclass) with FIELD=VALUE pairs applied, each VALUE read as its field's current
-    type (bool: true/false; tuples: comma-separated)."""
-    from dataclasses import fields, replace
+    type (bool: true/false; tuples: comma-separated). FIELD.SUB=VALUE sets a field of a nested
+    dataclass (e.g. newton.iterations=6)."""
+    from dataclasses import fields, is_dataclass, replace
 
     names = {f.name for f in fields(cfg)}
     changes = {}
     for pair in pairs:
         key, _, text = pair.partition("=")
-        if key not in names:
-            raise SystemExit(f"error: --set {pair}: {type(cfg).__name__} has no field {key!r}")
-        old = getattr(cfg, key)
-        if isinstance(old, bool):
+        head, dot, rest = key.partition(".")
+        if head not in names:
+            raise SystemExit(f"error: --set {pair}: {type(cfg).__name__} has no field {head!r}")
+        old = changes.get(head, getattr(cfg, head))
+        if dot:
+            if not is_dataclass(old):
+                raise SystemExit(f"error: --set {pair}: {head!r} has no fields")
+            changes[head] = override(old, [f"{rest}={text}"])
+        elif isinstance(old, bool):
             changes[key] = text.lower() in ("1", "true", "yes")
         elif isinstance(old, tuple):
             changes[key] = tuple(type(old[0])(v) for v in text.split(","))

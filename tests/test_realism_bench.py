@@ -132,6 +132,13 @@ def test_override_reads_each_field_as_its_type() -> None:
     assert override(cfg, ["match_blur=false"]).match_blur is False
     with pytest.raises(SystemExit, match="no field 'nope'"):
         override(cfg, ["nope=1"])
+    nested = override(cfg, ["newton.iterations=5", "newton.max_step=0.2,1", "newton.min_gain=1e-4"])
+    assert (nested.newton.iterations, nested.newton.max_step, nested.newton.min_gain) == (5, (0.2, 1.0), 1e-4)
+    assert nested.native_iterations == 7  # the other fields are kept
+    with pytest.raises(SystemExit, match="no field 'nope'"):
+        override(cfg, ["newton.nope=1"])
+    with pytest.raises(SystemExit, match="has no fields"):
+        override(cfg, ["sizes.x=1"])
 
 
 def test_multiview_table_is_ascii_and_compares_the_translations() -> None:
