@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xctreg.geometry import Camera, PoseReference
-from xctreg.newton import NewtonConfig, damped_step, drr_and_jacobian, newton_terms, ray_pose_jacobian, refine_newton
+from xctreg.newton import NewtonConfig, damped_step, drr_and_jacobian, newton_terms, ray_pose_jacobian, refine_newton, view_terms
 from xctreg.objectives import get_objective
 from xctreg.physics import DetectorConfig
 from xctreg.render import RenderConfig, Renderer
@@ -86,7 +86,7 @@ def test_refine_newton_converges_in_few_renders_across_a_domain_gap(small_phanto
     r = Renderer(small_phantom, cam, RenderConfig(face_gradient=False), reference=ref)
     obj = get_objective("local-gradncc")
     start = P + np.array([0.6, -0.5, 0.4, 1.5, -1.0, 4.0])
-    params, value, renders, _, path = refine_newton(r, obj, target, None, start, NewtonConfig(iterations=10))
+    params, value, renders, _, path = refine_newton(view_terms(r, obj, target, None), start, NewtonConfig(iterations=10))
     with torch.no_grad():
         s0 = float(obj(r(torch.as_tensor(start[None], dtype=torch.float32))[0, 0], target, None))
     assert value > s0
@@ -114,14 +114,14 @@ def test_refine_newton_does_not_import_torch_dynamo() -> None:
         "import sys, numpy as np, torch\n"
         "from xctreg.data.phantom import PhantomConfig, make_phantom\n"
         "from xctreg.geometry import Camera\n"
-        "from xctreg.newton import refine_newton\n"
+        "from xctreg.newton import refine_newton, view_terms\n"
         "from xctreg.objectives import get_objective\n"
         "from xctreg.render import RenderConfig, Renderer\n"
         "vol = make_phantom(PhantomConfig(size=(24, 24, 24), spacing_mm=(10.0, 10.0, 10.0)))\n"
         "r = Renderer(vol, Camera(1020.0, 16, 16, (8.0, 8.0)), RenderConfig(face_gradient=False))\n"
         "y = r(torch.zeros(1, 6))[0, 0]\n"
         "for name in ('local-gradncc', 'gradncc'):\n"
-        "    refine_newton(r, get_objective(name), y, torch.ones_like(y), np.ones(6))\n"
+        "    refine_newton(view_terms(r, get_objective(name), y, torch.ones_like(y)), np.ones(6))\n"
         "print('torch._dynamo' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

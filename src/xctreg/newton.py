@@ -8,10 +8,13 @@ similarity s(a) of the DRR a(p) (p: the 6 parameters, deg and mm):
   direction (``march_forward_jacobian``), and those are linear in the pose's tangents, so one
   render gives the DRR's whole Jacobian D = da/dp (6, H, W);
 - the gradient is Dᵀ∇s and the curvature Dᵀ(∇²s)D: six Hessian-vector products of the
-  objective alone (pure torch, forward over reverse), with the second derivatives of the
-  DRR itself left out, as in Gauss–Newton;
+  objective alone (one double backward), with the second derivatives of the DRR itself left
+  out, as in Gauss–Newton;
 - a damped step δ = (A + λ·diag A)⁻¹ g, with A = −Dᵀ(∇²s)D made positive definite, is
   accepted when it raises s, and λ shrinks; else λ grows and the step is tried again.
+
+Several views of one patient (``multiview.joint_terms``) add their gradients and curvatures,
+each taken through its rig (``to_matrix``).
 
 Frames and units: parameters as ``PoseSpace`` (rx, ry, rz in degrees, tx, ty, tz in mm, the
 camera frame); images (H, W) bone bright on the renderer's detector.
@@ -20,6 +23,7 @@ camera frame); images (H, W) bone bright on the renderer's detector.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,9 @@ from xctreg.geometry import backproject, pixel_grid
 from xctreg.objectives import Objective
 from xctreg.render import Renderer
 from xctreg.render.rays import world_to_index_matrix
+
+ToMatrix = Callable[[torch.Tensor], torch.Tensor]
+Terms = Callable[[np.ndarray], "tuple[float, torch.Tensor, torch.Tensor]"]
 
 
 @dataclass(frozen=True)
@@ -56,18 +63,20 @@ class NewtonConfig:
     min_gain: float = 2e-5
 
 
-def ray_pose_jacobian(renderer: Renderer, params: torch.Tensor) -> torch.Tensor:
+def ray_pose_jacobian(renderer: Renderer, params: torch.Tensor, to_matrix: ToMatrix | None = None) -> torch.Tensor:
     """d(origin, direction)/dp of every ray of ``renderer`` at ``params`` (6,) (deg, mm):
-    (R, 6, 6) in index units (per mm for directions) per degree or mm; rows (o_xyz, d_xyz)."""
-
+    (R, 6, 6) in index units (per mm for directions) per degree or mm; rows (o_xyz, d_xyz).
+    ``to_matrix``: (B, 6) parameters -> (B, 4, 4) ``T_cam_from_world`` of this renderer's camera
+    (float64); None: the renderer's own parameterisation."""
+    to_matrix = to_matrix or renderer.poses_to_matrix
     p = params.detach().double().reshape(6)
-    T = renderer.poses_to_matrix(p[None])[0]
+    T = to_matrix(p[None])[0]
     # dT/dp by central differences in float64 (h = 1e-5 deg or mm: error about 1e-10 relative, as
     # the matrix is smooth in p), in one batch of 12 poses: reverse mode took 4.6 ms, and forward
     # mode through a batched matmul imports torch._dynamo (1 s of a cold start)
     h = 1e-5
     e = torch.eye(6, dtype=torch.float64) * h
-    Tpm = renderer.poses_to_matrix(torch.cat([p + e, p - e]))
+    Tpm = to_matrix(torch.cat([p + e, p - e]))
     dT = (Tpm[:6] - Tpm[6:]) / (2 * h)  # (6, 4, 4)
     R, t = T[:3, :3], T[:3, 3]
     dR, dt = dT[:, :3, :3], dT[:, :3, 3]  # (6, 3, 3), (6, 3)
@@ -81,24 +90,25 @@ def ray_pose_jacobian(renderer: Renderer, params: torch.Tensor) -> torch.Tensor:
     return torch.cat([do, dd], -1).permute(1, 2, 0).float()  # (R, 6, 6)
 
 
-def drr_and_jacobian(renderer: Renderer, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def drr_and_jacobian(renderer: Renderer, params: torch.Tensor, to_matrix: ToMatrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The DRR (H, W) at ``params`` (6,) (deg, mm) and its Jacobian (6, H, W) with respect to
     them, from one forward-and-Jacobian march (numba backend only; the rays' entry and exit
-    held fixed, as ``RenderConfig(face_gradient=False)``)."""
+    held fixed, as ``RenderConfig(face_gradient=False)``). ``to_matrix``: as ``ray_pose_jacobian``."""
     from xctreg.render.kernels import march_forward_jacobian
     from xctreg.render.march import _np32
 
     if renderer.backend != "numba":
         raise XctregError("Newton steps need the numba renderer (CPU)")
     p = params.detach().double().reshape(6)
-    rays = renderer.rays(p.float()[None])
+    T = (to_matrix or renderer.poses_to_matrix)(p[None])
+    rays = renderer.rays(T.float())
     o, d = _np32(rays.origin.reshape(-1, 3)), _np32(rays.direction.reshape(-1, 3))
     a, b = _np32(rays.t0.reshape(-1)), _np32(rays.t1.reshape(-1))
     C = renderer._chan_np.shape[-1]
     out = np.empty((o.shape[0], C), np.float32)
     jac = np.empty((o.shape[0], C, 6), np.float32)
     march_forward_jacobian(renderer._chan_np, o, d, a, b, float(renderer.step_mm), out, jac)
-    J = ray_pose_jacobian(renderer, p)  # (R, 6, 6)
+    J = ray_pose_jacobian(renderer, p, to_matrix)  # (R, 6, 6)
     dL = torch.einsum("rck,rkq->qcr", torch.from_numpy(jac), J) * 0.1  # (6, C, R), mm -> cm
     H, W = renderer.camera.height, renderer.camera.width
     L = (torch.from_numpy(out).T * 0.1).reshape(1, C, H, W)
@@ -141,29 +151,37 @@ def damped_step(g: torch.Tensor, H: torch.Tensor, damping: float, max_step: tupl
     return step.numpy(), gain
 
 
-def refine_newton(renderer: Renderer, objective: Objective, image: torch.Tensor, mask: torch.Tensor | None,
-                  start: np.ndarray, config: NewtonConfig | None = None) -> tuple[np.ndarray, float, int, float, np.ndarray]:  # fmt: skip
-    """Levenberg–Marquardt from ``start`` (6,) (deg, mm) on ``renderer``'s detector; ``image``
-    and ``mask`` (H, W) on that detector. Returns the best parameters, their objective value,
-    the renders used, the seconds and the trajectory (K, 6) of the poses rendered."""
+def view_terms(renderer: Renderer, objective: Objective, image: torch.Tensor, mask: torch.Tensor | None,
+               to_matrix: ToMatrix | None = None) -> Terms:  # fmt: skip
+    """``newton_terms`` of one view as a function of the parameters (6,) (deg, mm): ``image``
+    and ``mask`` (H, W) on ``renderer``'s detector; ``to_matrix`` as ``ray_pose_jacobian``."""
+
+    def terms(p: np.ndarray) -> tuple[float, torch.Tensor, torch.Tensor]:
+        return newton_terms(objective, *drr_and_jacobian(renderer, torch.as_tensor(p), to_matrix), image, mask)
+
+    return terms
+
+
+def refine_newton(terms: Terms, start: np.ndarray, config: NewtonConfig | None = None) -> tuple[np.ndarray, float, int, float, np.ndarray]:
+    """Levenberg–Marquardt from ``start`` (6,) (deg, mm) on an objective given by ``terms``
+    (parameters -> value, gradient (6,), Hessian (6, 6); ``view_terms``, or a weighted sum of
+    several views'). Returns the best parameters, their objective value, the evaluations used
+    (one render per view each), the seconds and the trajectory (K, 6) of the poses evaluated."""
     cfg = config or NewtonConfig()
     t0 = time.perf_counter()
     p = np.asarray(start, dtype=np.float64).reshape(6)
-    drr, D = drr_and_jacobian(renderer, torch.as_tensor(p))
-    value, g, H = newton_terms(objective, drr, D, image, mask)
-    lam, renders, rejects, path = cfg.damping, 1, 0, [p.copy()]
-    while renders < cfg.iterations and rejects < cfg.max_rejects:
+    value, g, H = terms(p)
+    lam, evals, rejects, path = cfg.damping, 1, 0, [p.copy()]
+    while evals < cfg.iterations and rejects < cfg.max_rejects:
         step, gain = damped_step(g, H, lam, cfg.max_step)
         if gain < cfg.min_gain:
             break
         q = p + step
-        drr_q, D_q = drr_and_jacobian(renderer, torch.as_tensor(q))
-        renders += 1
+        value_q, g_q, H_q = terms(q)
+        evals += 1
         path.append(q.copy())
-        value_q = float(objective(drr_q, image, mask))
         if value_q > value:
-            value, g, H = newton_terms(objective, drr_q, D_q, image, mask)
-            p, lam, rejects = q, lam * cfg.shrink, 0
+            p, value, g, H, lam, rejects = q, value_q, g_q, H_q, lam * cfg.shrink, 0
         else:
             lam, rejects = max(lam * cfg.grow, cfg.retry_damping), rejects + 1
-    return p, value, renders, time.perf_counter() - t0, np.asarray(path)
+    return p, value, evals, time.perf_counter() - t0, np.asarray(path)

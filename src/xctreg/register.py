@@ -55,7 +55,7 @@ from xctreg.render.drr import auto_voxel_mm, has_material_volume, level_voxel_mm
 from xctreg.render.levels import level_path, load_level, save_level
 from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
-from xctreg.newton import NewtonConfig, refine_newton
+from xctreg.newton import NewtonConfig, refine_newton, view_terms
 
 
 @dataclass
@@ -723,7 +723,7 @@ class Registrar:
             r, y, mk = self._level(image, mask, camera, size, render)
             if cfg.last_optimizer == "newton" and r.backend == "numba":
                 sim = with_blur(get_objective(adam_objective), cfg.blur_px)
-                fine = Refinement(*refine_newton(r, sim, y, mk, ref.params, cfg.newton))
+                fine = Refinement(*refine_newton(view_terms(r, sim, y, mk), ref.params, cfg.newton))
             else:
                 fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
