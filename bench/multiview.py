@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--joint-only", action="store_true", help="Skip the single-view rows (tuning).")
     ap.add_argument("--final-iterations", type=int, default=None, help="Override MultiviewConfig.final_iterations.")
     ap.add_argument("--final-objective", default=None, help="Override RefineConfig.last_objective, the last joint level's objective.")
+    ap.add_argument("--optimizer", choices=("newton", "adam"), default=None, help="Override RefineConfig.last_optimizer (single views and the last joint level).")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write", type=Path, default=None, help="Also save each pair as a session folder under WRITE/SET/NNN (for xctreg evaluate --sessions).")
     args = ap.parse_args()
@@ -131,9 +132,11 @@ def main() -> None:
         cfg = replace(cfg, final_iterations=args.final_iterations)
     if args.final_objective is not None:
         cfg = replace(cfg, refine=replace(cfg.refine, last_objective=args.final_objective))
+    if args.optimizer is not None:
+        cfg = replace(cfg, refine=replace(cfg.refine, last_optimizer=args.optimizer))
     methods = ("joint",) if args.joint_only else METHODS
     out: dict = {"models": [str(args.model_a), str(args.model_b)], "n": args.n, "seed": args.seed, "rig_error_deg": args.rig_error_deg,
-                 "refine_rig": args.refine_rig, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
+                 "refine_rig": args.refine_rig, "optimizer": cfg.refine.last_optimizer, "seconds_rendering": t_render, "sets": {}}  # fmt: skip
     for name in sets:
         rng = np.random.default_rng([args.seed, 100 + SETS.index(name)])
         effects = set_effects("clean" if name == "clean" else "realistic")
@@ -151,8 +154,8 @@ def main() -> None:
                 write_session(args.write / name / f"{i:03d}", [args.model_a, args.model_b], [img_a, img_b], [np.eye(4), rig], cam,
                               Pose(T_a(pa[i]).numpy(), reg_a.reference))  # fmt: skip
             if not args.joint_only:
-                ra = reg_a.register(img_a, cam)
-                rb = reg_b.register(img_b, cam)
+                ra = reg_a.register(img_a, cam, config=cfg.refine)
+                rb = reg_b.register(img_b, cam, config=cfg.refine)
                 Tb0 = np.linalg.inv(rig) @ rb.pose.T_cam_from_world
             t1 = time.perf_counter()
             xa, xb = reg_a.prepare(img_a, cam), reg_b.prepare(img_b, cam)

@@ -124,6 +124,34 @@ def test_the_second_view_sees_the_first_views_depth_through_the_rig(model_dir, l
     assert abs(grads[1][3]) < abs(grads[1][5])  # the lateral view's depth is the AP's x: little pull there
 
 
+def test_joint_newton_terms_are_the_weighted_views_through_the_rig(model_dir, lat_model) -> None:
+    """The joint Newton terms' gradient is what autograd gives for the weighted mean of the views'
+    objectives through the rig (what the joint Adam steps follow); their Hessian is the weighted
+    sum of the views' own."""
+    from xctreg.multiview import _Joint, _level, _scores, joint_terms
+    from xctreg.register import Registrar
+
+    ra, rb = Registrar(model_dir / "m"), Registrar(lat_model)
+    rig = rig_between(ra.reference, rb.reference)
+    truth = np.array([2.0, -1.0, 1.5, 4.0, -3.0, 6.0])
+    pb = rb.space.from_matrix(torch.as_tensor(rig @ ra.space.to_matrix(torch.as_tensor(truth)).numpy())).numpy()
+    xa, xb = ra.prepare(_xray(ra, truth)), rb.prepare(_xray(rb, pb))
+    cfg = MultiviewConfig()
+    joint = _Joint(ra, [np.eye(4), rig], cfg)
+    level = _level([ra, rb], [xa, xb], 32, cfg.refine)
+    start = truth + np.array([0.5, -0.5, 0.3, 1.0, -1.0, 3.0])
+    weights = [0.25, 0.75]
+    value, g, H = joint_terms(joint, level, weights, "local-gradncc")(start)
+    p = torch.as_tensor(start).requires_grad_(True)
+    s = sum(w * v for w, v in zip(weights, _scores(level, joint.poses(p), "local-gradncc", [0, 1]), strict=True))
+    s.backward()
+    assert value == pytest.approx(float(s.detach()), abs=1e-5)
+    np.testing.assert_allclose(g.numpy(), p.grad.numpy(), rtol=5e-3, atol=1e-3 * float(np.abs(p.grad.numpy()).max()))
+    _, _, Ha = joint_terms(joint, level, [1.0, 0.0], "local-gradncc")(start)
+    _, _, Hb = joint_terms(joint, level, [0.0, 1.0], "local-gradncc")(start)
+    torch.testing.assert_close(H, 0.25 * Ha + 0.75 * Hb)
+
+
 def test_a_view_its_ct_cannot_explain_is_left_out_and_the_other_registered_alone(model_dir, lat_model) -> None:
     from xctreg.register import Registrar
 

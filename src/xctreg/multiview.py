@@ -49,6 +49,7 @@ import torch
 from xctreg._fs import read_json
 from xctreg.errors import XctregError
 from xctreg.geometry import Pose, PoseReference, params_to_matrix, rigid_matrix
+from xctreg.newton import Terms, ToMatrix, refine_newton, view_terms
 from xctreg.objectives import get_objective
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig
@@ -377,6 +378,30 @@ def refine_joint(joint: _Joint, level: _Level, start: np.ndarray, weights: Seque
     return Refinement(best_p.numpy(), best, n, time.perf_counter() - t0, np.asarray(path).reshape(-1, 6))
 
 
+def joint_terms(joint: _Joint, level: _Level, weights: Sequence[float], objective: str) -> Terms:
+    """The weighted mean of the views' objectives at one level, as ``newton.refine_newton`` wants
+    it: the first view's parameters (6,) (deg, mm) -> value, gradient (6,), Hessian (6, 6). Each
+    view renders at its rig's pose (the rig held); its Jacobian is taken through the rig."""
+    active = [k for k, w in enumerate(weights) if w > 0]
+    w = np.array([weights[k] for k in active], dtype=np.float64)
+    w = w / w.sum()
+    sim = get_objective(objective)
+
+    def to_matrix(k: int) -> ToMatrix:
+        rig = joint.rig(k).detach().double()
+        return lambda q: rig @ params_to_matrix(q, joint.first.reference)
+
+    views = [view_terms(level.renderers[k], sim, level.images[k], level.masks[k], to_matrix(k)) for k in active]
+
+    def terms(p: np.ndarray) -> tuple[float, torch.Tensor, torch.Tensor]:
+        parts = [v(p) for v in views]
+        return (float(sum(wk * t[0] for wk, t in zip(w, parts, strict=True))),
+                sum(wk * t[1] for wk, t in zip(w, parts, strict=True)),
+                sum(wk * t[2] for wk, t in zip(w, parts, strict=True)))  # fmt: skip
+
+    return terms
+
+
 # ------------------------------------------------------------------ combining the proposals
 def _centre_in_first(T0: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return T0[:3, :3] @ centre + T0[:3, 3]
@@ -564,11 +589,18 @@ class _JointRun:
         return True
 
     def last_level(self) -> None:
-        """The last joint level, on the model's detector, with the edge objective."""
+        """The last joint level, on the model's detector, with the edge objective: Newton steps
+        (``RefineConfig.last_optimizer``, on the numba renderer, the rig held), else Adam steps."""
         cfg = self.cfg
         size = max(cfg.sizes[-1], self.first.camera.height, self.first.camera.width)
         level = _level(self.regs, self.xrays, size, cfg.refine)
-        self._run_level(level, cfg.refine.last_objective, cfg.final_iterations, len(cfg.proposal_sizes) + len(cfg.sizes) - 1)
+        newton = cfg.refine.last_optimizer == "newton" and not cfg.refine_rig
+        if newton and all(level.renderers[k].backend == "numba" for k in range(len(self.regs)) if self.weights[k] > 0):
+            ref = refine_newton(joint_terms(self.joint, level, self.weights, cfg.refine.last_objective), self.p, cfg.refine.newton)
+            self.p, self.iters = ref[0], self.iters + ref[2]
+            self.traj.append(ref[4])
+        else:
+            self._run_level(level, cfg.refine.last_objective, cfg.final_iterations, len(cfg.proposal_sizes) + len(cfg.sizes) - 1)
 
     def register_alone(self) -> None:
         """One view left: exactly what single-view ``register`` gives, mapped to the first view."""
