@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from xctreg.errors import XctregError
 from xctreg.geometry import backproject, pixel_grid
@@ -113,9 +112,23 @@ def drr_and_jacobian(renderer: Renderer, params: torch.Tensor, to_matrix: ToMatr
     H, W = renderer.camera.height, renderer.camera.width
     L = (torch.from_numpy(out).T * 0.1).reshape(1, C, H, W)
     tangents = dL.reshape(6, C, H, W)
-    with fwAD.dual_level():  # forward mode, the 6 tangents as a batch (torch.func would import torch._dynamo: 1 s)
-        out = fwAD.unpack_dual(renderer.intensity_to_image(fwAD.make_dual(L.expand(6, -1, -1, -1).contiguous(), tangents)))
-    return out.primal[0, 0], out.tangent[:, 0]
+    img, D = jvp_by_double_vjp(renderer.intensity_to_image, L.expand(6, -1, -1, -1), tangents)
+    return img[0, 0], D[:, 0]
+
+
+def jvp_by_double_vjp(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x) and the Jacobian-vector product J v, with reverse mode twice: g(u) = Jᵀu is linear in
+    u, so J v = ∂(g(u)·v)/∂u. Forward mode would do it in one pass, but its first use imports
+    ``torch._decomp.decompositions_for_jvp`` (0.19 s of a cold start) and, through some ops,
+    ``torch._dynamo`` (1 s); ``torch.func`` imports the latter. Both passes differentiate a
+    scalar: ``autograd.grad`` given a ``grad_outputs`` tensor imports sympy (0.56 s)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = f(x)
+        u = torch.zeros_like(y, requires_grad=True)
+        (g,) = torch.autograd.grad((y * u).sum(), x, create_graph=True)
+        (jv,) = torch.autograd.grad((g * v).sum(), u)
+    return y.detach(), jv
 
 
 def newton_terms(objective: Objective, drr: torch.Tensor, D: torch.Tensor, image: torch.Tensor,
