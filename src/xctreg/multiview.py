@@ -597,8 +597,8 @@ class _JointRun:
         newton = cfg.refine.last_optimizer == "newton" and not cfg.refine_rig
         if newton and all(level.renderers[k].backend == "numba" for k in range(len(self.regs)) if self.weights[k] > 0):
             ref = refine_newton(joint_terms(self.joint, level, self.weights, cfg.refine.last_objective), self.p, cfg.refine.newton)
-            self.p, self.iters = ref[0], self.iters + ref[2]
-            self.traj.append(ref[4])
+            self.p, self.iters = ref.params, self.iters + ref.iterations
+            self.traj.append(ref.trajectory)
         else:
             self._run_level(level, cfg.refine.last_objective, cfg.final_iterations, len(cfg.proposal_sizes) + len(cfg.sizes) - 1)
 

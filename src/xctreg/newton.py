@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +38,17 @@ from xctreg.render.rays import world_to_index_matrix
 
 ToMatrix = Callable[[torch.Tensor], torch.Tensor]
 Terms = Callable[[np.ndarray], "tuple[float, torch.Tensor, torch.Tensor]"]
+
+
+class NewtonResult(NamedTuple):
+    """``refine_newton``'s answer, in ``register.Refinement``'s order: the best parameters (6,)
+    (deg, mm), their objective value, the evaluations used, the seconds, and the poses evaluated (K, 6)."""
+
+    params: np.ndarray
+    score: float
+    iterations: int
+    seconds: float
+    trajectory: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -175,11 +187,10 @@ def view_terms(renderer: Renderer, objective: Objective, image: torch.Tensor, ma
     return terms
 
 
-def refine_newton(terms: Terms, start: np.ndarray, config: NewtonConfig | None = None) -> tuple[np.ndarray, float, int, float, np.ndarray]:
+def refine_newton(terms: Terms, start: np.ndarray, config: NewtonConfig | None = None) -> NewtonResult:
     """Levenberg–Marquardt from ``start`` (6,) (deg, mm) on an objective given by ``terms``
     (parameters -> value, gradient (6,), Hessian (6, 6); ``view_terms``, or a weighted sum of
-    several views'). Returns the best parameters, their objective value, the evaluations used
-    (one render per view each), the seconds and the trajectory (K, 6) of the poses evaluated."""
+    several views'). An evaluation renders every view once."""
     cfg = config or NewtonConfig()
     t0 = time.perf_counter()
     p = np.asarray(start, dtype=np.float64).reshape(6)
@@ -187,8 +198,8 @@ def refine_newton(terms: Terms, start: np.ndarray, config: NewtonConfig | None =
     lam, evals, rejects, path = cfg.damping, 1, 0, [p.copy()]
     while evals < cfg.iterations and rejects < cfg.max_rejects:
         step, gain = damped_step(g, H, lam, cfg.max_step)
-        if gain < cfg.min_gain:
-            break
+        if not (np.isfinite(gain) and np.all(np.isfinite(step))) or gain < cfg.min_gain:
+            break  # converged, or an objective without a finite gradient here: keep the best pose
         q = p + step
         value_q, g_q, H_q = terms(q)
         evals += 1
@@ -197,4 +208,4 @@ def refine_newton(terms: Terms, start: np.ndarray, config: NewtonConfig | None =
             p, value, g, H, lam, rejects = q, value_q, g_q, H_q, lam * cfg.shrink, 0
         else:
             lam, rejects = max(lam * cfg.grow, cfg.retry_damping), rejects + 1
-    return p, value, evals, time.perf_counter() - t0, np.asarray(path)
+    return NewtonResult(p, value, evals, time.perf_counter() - t0, np.asarray(path))

@@ -184,12 +184,14 @@ class RefineConfig:
             DRR's Jacobian that the numba kernel gives with each render, at most
             ``newton.iterations`` renders (it falls back to Adam where the renderer is not the
             numba one, e.g. on CUDA). "adam": ``last_iterations`` / ``native_iterations`` Adam
-            steps. Newton steps converge in 3–8 renders where Adam took 20, and reach a higher
-            objective. Chest quick model, 128², 40 independent X-rays per set, median / p95 mm,
+            steps. Newton steps took 3–7 renders on bench/register.py's X-rays where Adam
+            took 20. Chest quick model, 128², 40 independent X-rays per set, median / p95 mm,
             paired mean change, s per X-ray (2 cores, warm), Adam → Newton: tuning split (seed
             1234) clean 0.21 / 0.38 → 0.17 / 0.33, −0.035 ± 0.010, 1.07 → 0.66 s; realistic
             0.54 / 1.38 → 0.58 / 1.40, −0.033 ± 0.025, 0.99 → 0.74 s. Report split (seed 2027)
-            clean 0.20 / 0.41 → 0.15 / 0.37, realistic 0.53 / 1.40 → 0.50 / 1.55.
+            clean 0.20 / 0.41 → 0.15 / 0.38, realistic 0.53 / 1.40 → 0.49 / 1.55. 256² (tuning,
+            20 per set): clean 0.19 → 0.15, realistic 0.31 → 0.26, 2.6 → 1.9 s. A cold register
+            takes 2.9 s, a warm one 0.64 s (docs/register.md, "Newton steps in the last level").
         render: how refinement renders its DRRs. Its pose gradient holds the rays' entry and
             exit through the CT's faces fixed (``face_gradient=False``): with that term, the
             tuning split (20 independent X-rays per set, 128², chest) was as accurate (clean
@@ -723,7 +725,7 @@ class Registrar:
             r, y, mk = self._level(image, mask, camera, size, render)
             if cfg.last_optimizer == "newton" and r.backend == "numba":
                 sim = with_blur(get_objective(adam_objective), cfg.blur_px)
-                fine = Refinement(*refine_newton(view_terms(r, sim, y, mk), ref.params, cfg.newton))
+                fine = Refinement(*refine_newton(view_terms(r, sim, y, mk), ref.params, cfg.newton))  # same field order
             else:
                 fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
