@@ -26,7 +26,7 @@ def register_cmd(
     animate: Annotated[Path | None, typer.Option("--animate", help="GIF of the refinement trajectory (a folder for several X-rays).")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="Image of pixels to ignore (non-zero = ignore), same size as the X-ray.")] = None,
     objective: Annotated[str, typer.Option("--similarity", help="The refinement objective of the model levels: local-gradncc (default), weighted-local-gradncc, patch-ncc, patch-ncc+gradncc, ncc, gradncc, ncc+gradncc or multiscale-ncc (the last level uses gradient NCC on finer X-rays, local gradient NCC on the model's detector).")] = "local-gradncc",
-    native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, a last level on its own pixels (Adam steps, then a line search along depth), at up to this many px (0: on the model's detector).", min=0)] = 256,
+    native_size: Annotated[int, typer.Option("--native-size", help="When the X-ray is finer than the model's detector, a last level on its own pixels (Newton steps, then a line search along depth), at up to this many px (0: on the model's detector).", min=0)] = 256,
     match_blur: Annotated[bool, typer.Option("--match-blur", help="Fit the X-ray's detector blur in the last level and blur the DRRs by it (reported as blur_px): better on strongly blurred X-rays, depth biased short on sharp ones (docs/register.md).")] = False,
     no_collimator: Annotated[bool, typer.Option("--no-collimator", help="Do not detect and mask collimated borders.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Skip the X-rays whose result (and overlay/GIF when asked for) an earlier run already wrote.")] = False,
