@@ -167,3 +167,30 @@ def test_registrar_uses_newton_steps_on_the_last_level_and_adam_when_asked(model
     reg.register(img, reg.camera, config=replace(base, last_optimizer="adam"))
     reg.register(img, reg.camera, config=replace(base, render=replace(base.render, backend="torch")))  # no kernel Jacobians: Adam
     assert len(calls) == 1
+
+
+def test_model_levels_from_newton_from_px_take_newton_steps(small_phantom, monkeypatch) -> None:
+    """``RefineConfig.newton_from_px``: the model levels at least that size take Newton steps
+    (one ``refine_newton`` call each), the smaller ones Adam steps; 0 keeps Adam everywhere."""
+    import xctreg.register as R
+    from xctreg.register import RefineConfig, refine
+
+    calls: list[int] = []
+    real = R.refine_newton
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        out = real(*args, **kwargs)
+        calls.append(out.iterations)
+        return out
+
+    monkeypatch.setattr(R, "refine_newton", counting)
+    cam = Camera(1020.0, 32, 32, (12.0, 12.0))
+    ref = PoseReference(tuple(small_phantom.center), 750.0)
+    target = Renderer(small_phantom, cam, RenderConfig(kvp=110.0), reference=ref)(torch.as_tensor(P[None], dtype=torch.float32))[0, 0]
+    start = P + np.array([0.4, -0.4, 0.3, 1.0, -1.0, 2.0])
+    cfg = RefineConfig(sizes=(16, 32), iterations=(10, 10), newton_from_px=32)
+    res = refine(small_phantom, target.numpy(), cam, ref, start, cfg)
+    assert len(calls) == 1 and res.iterations == len(res.trajectory) > calls[0]
+    assert np.abs(res.params[:3] - P[:3]).max() < np.abs(start[:3] - P[:3]).max()
+    refine(small_phantom, target.numpy(), cam, ref, start, replace(cfg, newton_from_px=0))
+    assert len(calls) == 1
