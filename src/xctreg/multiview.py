@@ -50,6 +50,7 @@ from xctreg._fs import read_json
 from xctreg.errors import XctregError
 from xctreg.geometry import Pose, PoseReference, params_to_matrix, rigid_matrix
 from xctreg.newton import Terms, ToMatrix, refine_newton, view_terms
+from xctreg.newton import available as newton_available
 from xctreg.objectives import get_objective
 from xctreg.optim import Adam
 from xctreg.preprocess import PreparedXray, PreprocessConfig
@@ -395,9 +396,8 @@ def joint_terms(joint: _Joint, level: _Level, weights: Sequence[float], objectiv
 
     def terms(p: np.ndarray) -> tuple[float, torch.Tensor, torch.Tensor]:
         parts = [v(p) for v in views]
-        return (float(sum(wk * t[0] for wk, t in zip(w, parts, strict=True))),
-                sum(wk * t[1] for wk, t in zip(w, parts, strict=True)),
-                sum(wk * t[2] for wk, t in zip(w, parts, strict=True)))  # fmt: skip
+        value, g, H = (sum(wk * t[i] for wk, t in zip(w, parts, strict=True)) for i in range(3))
+        return float(value), g, H
 
     return terms
 
@@ -595,7 +595,7 @@ class _JointRun:
         size = max(cfg.sizes[-1], self.first.camera.height, self.first.camera.width)
         level = _level(self.regs, self.xrays, size, cfg.refine)
         newton = cfg.refine.last_optimizer == "newton" and not cfg.refine_rig
-        if newton and all(level.renderers[k].backend == "numba" for k in range(len(self.regs)) if self.weights[k] > 0):
+        if newton and all(newton_available(level.renderers[k]) for k in range(len(self.regs)) if self.weights[k] > 0):
             ref = refine_newton(joint_terms(self.joint, level, self.weights, cfg.refine.last_objective), self.p, cfg.refine.newton)
             self.p, self.iters = ref.params, self.iters + ref.iterations
             self.traj.append(ref.trajectory)

@@ -74,6 +74,12 @@ class NewtonConfig:
     min_gain: float = 2e-5
 
 
+def available(renderer: Renderer) -> bool:
+    """Whether Newton steps can run on ``renderer``: they need the numba kernel's ray
+    derivatives (the CPU backend)."""
+    return renderer.backend == "numba"
+
+
 def ray_pose_jacobian(renderer: Renderer, params: torch.Tensor, to_matrix: ToMatrix | None = None) -> torch.Tensor:
     """d(origin, direction)/dp of every ray of ``renderer`` at ``params`` (6,) (deg, mm):
     (R, 6, 6) in index units (per mm for directions) per degree or mm; rows (o_xyz, d_xyz).
@@ -108,7 +114,7 @@ def drr_and_jacobian(renderer: Renderer, params: torch.Tensor, to_matrix: ToMatr
     from xctreg.render.kernels import march_forward_jacobian
     from xctreg.render.march import _np32
 
-    if renderer.backend != "numba":
+    if not available(renderer):
         raise XctregError("Newton steps need the numba renderer (CPU)")
     p = params.detach().double().reshape(6)
     T = (to_matrix or renderer.poses_to_matrix)(p[None])

@@ -56,6 +56,7 @@ from xctreg.render.levels import level_path, load_level, save_level
 from xctreg.objectives import blur, get_objective, outlier_mask, with_blur
 from xctreg.models.checkpoint import load_model
 from xctreg.newton import NewtonConfig, refine_newton, view_terms
+from xctreg.newton import available as newton_available
 
 
 @dataclass
@@ -192,8 +193,9 @@ class RefineConfig:
             clean 0.20 / 0.41 → 0.15 / 0.38, realistic 0.53 / 1.40 → 0.49 / 1.55. 256² (tuning,
             20 per set): clean 0.19 → 0.15, realistic 0.31 → 0.26, 2.6 → 1.9 s. A cold register
             takes 2.9 s, a warm one 0.64 s (docs/register.md, "Newton steps in the last level").
-        newton_from_px: the model levels of at least this size (px) take Newton steps too (0:
-            none, the default). 64 on the tuning split (128², 40 per set), paired against 0:
+        newton_from_px: the levels of ``refine`` of at least this size (px) take Newton steps
+            instead of Adam steps, where the renderer is numba's (0: none, the default for the
+            model levels; the last level sets it to its own size for ``last_optimizer="newton"``). 64 on the tuning split (128², 40 per set), paired against 0:
             clean −0.006 ± 0.005 mm, 0.77 → 0.64 s; realistic +0.016 ± 0.012 mm (median 0.57 →
             0.62), 0.78 → 0.75 s. Faster, but not better where it matters: off.
         render: how refinement renders its DRRs. Its pose gradient holds the rays' entry and
@@ -334,14 +336,14 @@ def refine(
         cam, y, mk = level_inputs(camera, target, m_full, size)
         r = cached_renderer(renderers, volume, cam, cfg.render, reference, device)
         y, mk = y.to(r.device), None if mk is None else mk.to(r.device)
-        rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
-        tr = p[:, TRANS].clone().requires_grad_(True)
-        f = cfg.lr_decay**level
-        if 0 < cfg.newton_from_px <= size and r.backend == "numba":  # Newton steps instead of Adam's
+        if 0 < cfg.newton_from_px <= size and newton_available(r):  # Newton steps instead of Adam's
             fit = refine_newton(view_terms(r, sim_fn, y, mk), p[0].numpy(), cfg.newton)
             p, best_s, total = torch.as_tensor(fit.params).reshape(1, 6), fit.score, total + fit.iterations
             path.extend(fit.trajectory)
             continue
+        rot = p[:, ROT].clone().requires_grad_(True)  # degrees and mm: separate learning rates
+        tr = p[:, TRANS].clone().requires_grad_(True)
+        f = cfg.lr_decay**level
         opt = Adam([([rot], cfg.lr_rot_deg * f), ([tr], cfg.lr_trans_mm * f)])
         best_s, best_p, stale = -2.0, p.clone(), 0
         for _ in range(iters):
@@ -730,14 +732,10 @@ class Registrar:
             t0 = time.perf_counter()
             f = cfg.lr_decay ** len(cfg.sizes)
             iters = cfg.native_iterations if on_native else cfg.last_iterations
-            level = replace(cfg, sizes=(size,), iterations=(iters,), objective=adam_objective,
+            newton_from = size if cfg.last_optimizer == "newton" else 0  # refine falls back to Adam off the numba renderer
+            level = replace(cfg, sizes=(size,), iterations=(iters,), objective=adam_objective, newton_from_px=newton_from,
                             lr_rot_deg=cfg.lr_rot_deg * f, lr_trans_mm=cfg.lr_trans_mm * f, render=render)  # fmt: skip
-            r, y, mk = self._level(image, mask, camera, size, render)
-            if cfg.last_optimizer == "newton" and r.backend == "numba":
-                sim = with_blur(get_objective(adam_objective), cfg.blur_px)
-                fine = Refinement(*refine_newton(view_terms(r, sim, y, mk), ref.params, cfg.newton))  # same field order
-            else:
-                fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
+            fine = refine(self.volume_for, image, camera, self.reference, ref.params, level, mask, self._renderers, self.device)
             ref = ref.then(fine.params, fine.iterations, time.perf_counter() - t0, fine.trajectory)
         if "depth" in cfg.native_search:
             ref = self._search_depth(image, mask, camera, ref, cfg, size, depth_objective, render)
