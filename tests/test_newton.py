@@ -142,9 +142,10 @@ def test_refine_newton_does_not_import_torch_dynamo_sympy_or_jvp_decompositions(
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_registrar_uses_newton_steps_on_the_last_level_and_adam_when_asked(model_dir, small_phantom, monkeypatch) -> None:
+@pytest.fixture
+def newton_calls(monkeypatch) -> list[int]:
+    """The evaluations of every ``refine_newton`` call that ``xctreg.register`` makes, in order."""
     import xctreg.register as R
-    from xctreg.register import RefineConfig, Registrar
 
     calls: list[int] = []
     real = R.refine_newton
@@ -155,6 +156,14 @@ def test_registrar_uses_newton_steps_on_the_last_level_and_adam_when_asked(model
         return out
 
     monkeypatch.setattr(R, "refine_newton", counting)
+    return calls
+
+
+def test_registrar_uses_newton_steps_on_the_last_level_and_adam_when_asked(model_dir, small_phantom, newton_calls) -> None:
+    from xctreg.register import RefineConfig, Registrar
+
+    calls = newton_calls
+
     reg = Registrar(model_dir / "m", ct=small_phantom)
     p = reg.space.sample(1, seed=4)[0]
     r = Renderer(small_phantom, reg.camera, RenderConfig(kvp=100.0), reference=reg.reference)
@@ -169,21 +178,13 @@ def test_registrar_uses_newton_steps_on_the_last_level_and_adam_when_asked(model
     assert len(calls) == 1
 
 
-def test_model_levels_from_newton_from_px_take_newton_steps(small_phantom, monkeypatch) -> None:
+def test_model_levels_from_newton_from_px_take_newton_steps(small_phantom, newton_calls) -> None:
     """``RefineConfig.newton_from_px``: the model levels at least that size take Newton steps
     (one ``refine_newton`` call each), the smaller ones Adam steps; 0 keeps Adam everywhere."""
-    import xctreg.register as R
     from xctreg.register import RefineConfig, refine
 
-    calls: list[int] = []
-    real = R.refine_newton
+    calls = newton_calls
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        out = real(*args, **kwargs)
-        calls.append(out.iterations)
-        return out
-
-    monkeypatch.setattr(R, "refine_newton", counting)
     cam = Camera(1020.0, 32, 32, (12.0, 12.0))
     ref = PoseReference(tuple(small_phantom.center), 750.0)
     target = Renderer(small_phantom, cam, RenderConfig(kvp=110.0), reference=ref)(torch.as_tensor(P[None], dtype=torch.float32))[0, 0]
