@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -137,3 +138,60 @@ def test_train_curriculum_flag_defaults_to_the_preset(cli, model_dir, tmp_path, 
     res = cli("train", model_dir / "ct.nii.gz", "--out", tmp_path / "m", "--preset", preset_name, *([flag] if flag else []))
     assert res.code != 0 and "stopped before training" in res.err
     assert seen["cfg"].curriculum is want
+
+
+def test_data_rendered_at_the_input_size_trains_like_the_detector(tmp_path, small_phantom) -> None:
+    """A 64² detector with a 32² input: the cached DRRs are 32² from the detector's volume level,
+    and a batch is built from them (objects drawn at 64², averaged) like one from 64² DRRs."""
+    from xctreg.geometry import DEFAULT_SDD_MM, Camera
+    from xctreg.models import ModelConfig
+    from xctreg.render.drr import auto_voxel_mm
+    from xctreg.train import Trainer
+
+    cam = Camera(DEFAULT_SDD_MM, 64, 64, (6.4, 6.4))
+    cfg = quick_test_config(camera=cam, model=ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0))
+    tr = Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None)
+    assert (tr.data_camera.height, tr.data_camera.width) == (32, 32)
+    assert tr.data_render.voxel_mm == pytest.approx(auto_voxel_mm(cam, cfg.sid_mm))
+    sets, val = tr.datasets()
+    L, p = sets[-1][0]
+    assert L.shape == (3, 32, 32) and len(val) == cfg.n_val
+    x, clean = tr.make_batch(L[None].repeat(3, 1, 1, 1), p[None].repeat(3, 1), 1.0, torch.Generator().manual_seed(0))
+    assert x.shape == clean.shape == (3, 1, 32, 32) and torch.isfinite(x).all()
+    old = Trainer(small_phantom, tmp_path / "o", replace(cfg, data_at_input=False), log=lambda s: None)
+    assert old.data_camera == cam and old.data_render.voxel_mm == "auto"  # what runs before this change rendered
+
+
+def test_old_configs_keep_their_data_at_the_detector_size() -> None:
+    from xctreg.train import TrainConfig
+
+    d = quick_test_config().to_dict()
+    assert TrainConfig.from_dict(d).data_at_input is True
+    d.pop("data_at_input")
+    assert TrainConfig.from_dict(d).data_at_input is False  # a run from before: resumes with its own data
+
+
+def test_augmenting_averaged_line_integrals_equals_averaging_after_the_objects(small_phantom) -> None:
+    """Objects are drawn at the detector's size and averaged: augmenting 2x2-averaged line
+    integrals gives the image that augmenting the detector's gives (same draws), which fails
+    if the physics' pixel scale were taken from the coarser input instead of the camera."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from xctreg.data.augment import AugmentConfig, augment
+    from xctreg.geometry import DEFAULT_SDD_MM, Camera, PoseReference, PoseSpace, PoseRanges
+    from xctreg.render import Renderer
+
+    cam = Camera(DEFAULT_SDD_MM, 64, 64, (6.4, 6.4))
+    space = PoseSpace(PoseReference.centred_on(small_phantom, 750.0), PoseRanges())
+    p = torch.as_tensor(space.sample(4, seed=3), dtype=torch.float32)
+    with torch.no_grad():
+        L = Renderer(small_phantom, cam, reference=space.reference).line_integrals(p)
+    T = space.to_matrix(p.double())
+    iso = torch.tensor(space.reference.isocenter_mm, dtype=torch.float32)
+    half = torch.tensor(np.ptp(small_phantom.corners_world(), axis=0) / 2.0, dtype=torch.float32)
+    cfg = AugmentConfig(p_objects=1.0, p_table=1.0, p_noise=0.0)  # no Poisson draws: they jump with the last bit
+    a = augment(L, cfg, torch.Generator().manual_seed(4), T, cam, iso, half, size=32)
+    b = augment(F.avg_pool2d(L.float(), 2), cfg, torch.Generator().manual_seed(4), T, cam, iso, half, size=32)
+    assert a.shape == b.shape == (4, 1, 32, 32)
+    assert (a - b).abs().max() < 1e-4

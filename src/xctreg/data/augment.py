@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xctreg.geometry import Camera, backproject, pixel_grid
 from xctreg.io.volume import Volume
@@ -341,20 +342,23 @@ def augment(
     body_half_mm: torch.Tensor | None = None,
     size: int | None = None,
 ) -> torch.Tensor:
-    """Full augmentation: (B, 3, H, W) g/cm² line integrals -> [0, 1] images (B, 1, H, W).
+    """Full augmentation: (B, 3, h, w) g/cm² line integrals -> [0, 1] images (B, 1, S, S).
 
-    With ``T``, ``camera``, ``isocenter`` and ``body_half_mm``, random 3D objects are added.
-    ``size``: return (B, 1, size, size) images. The objects are added at H x W, then the line
-    integrals are averaged to ``size`` and the physics and image effects run there, as a
-    detector of H x W pixels would show them averaged (about 4x cheaper at half the size).
+    ``camera``: the detector the X-rays come from (H x W pixels); ``L`` may be coarser (the
+    same field of view averaged, e.g. a dataset rendered at the network's input size). With
+    ``T``, ``camera``, ``isocenter`` and ``body_half_mm``, random 3D objects are added: drawn
+    at H x W (a 1 mm wire is thinner than a pixel) and averaged to ``L``'s size. ``size``: S,
+    else ``L``'s size. The physics and image effects run at S with the settings drawn for the
+    H x W detector, as that detector would show them averaged (about 4x cheaper at half the size).
     """
     L = L.float()
+    H, W = (camera.height, camera.width) if camera is not None else L.shape[-2:]
     if T is not None and camera is not None and isocenter is not None and body_half_mm is not None and cfg.strength > 0:
-        L = L + random_objects(T, camera, isocenter, body_half_mm, cfg, g).float()
-    scale = 1.0
+        obj = random_objects(T, camera, isocenter, body_half_mm, cfg, g).float()
+        L = L + (F.interpolate(obj, size=L.shape[-2:], mode="area") if obj.shape[-2:] != L.shape[-2:] else obj)
     if size is not None and (size, size) != tuple(L.shape[-2:]):
-        scale = size / math.sqrt(L.shape[-2] * L.shape[-1])
-        L = torch.nn.functional.interpolate(L, size=(size, size), mode="area")
+        L = F.interpolate(L, size=(size, size), mode="area")
+    scale = math.sqrt(L.shape[-2] * L.shape[-1] / (H * W))
     return image_level(normalize(physics(L, cfg, g, scale)), cfg, g, scale)
 
 
