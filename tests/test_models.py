@@ -264,3 +264,26 @@ def test_checkpoint_of_another_variant_in_a_model_dir_is_refused(model_dir, tmp_
 
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((32, 32)).astype(np.float32))
     assert_one_line_error(cli("register", m, tmp_path / "x.npy", "--no-refine"), "does not fit")
+
+
+def test_a_shorter_decoder_reconstructs_at_recon_size_and_trains(trainer) -> None:
+    """ModelConfig.recon_size: (B) stops upsampling early; the loss compares it with the clean
+    image averaged to its size. Old configs (no recon_size) keep the full decoder."""
+    cfg = ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0, recon_size=8)
+    model = PoseRegressor(cfg)
+    assert model(torch.rand(2, 1, 32, 32))["recon"].shape == (2, 1, 8, 8)
+    assert PoseRegressor(ModelConfig(input_size=32, embed_dim=32, heads=2))(torch.rand(1, 1, 32, 32))["recon"].shape == (1, 1, 32, 32)
+    with pytest.raises(XctregError, match="recon_size"):
+        ModelConfig(input_size=64, recon_size=48)
+    x = torch.rand(2, 1, 32, 32)
+    p = torch.as_tensor(trainer.space.sample(2, seed=1), dtype=torch.float32)
+    loss = trainer.loss(model, x, x, p)
+    loss.backward()
+    assert torch.isfinite(loss) and model.decoder.net[0].__class__.__name__ == "Upsample"
+
+
+def test_training_uses_the_fused_adamw_on_the_cpu(small_phantom) -> None:
+    from xctreg.train import TrainState, quick_test_config
+
+    st = TrainState.new(quick_test_config(), torch.device("cpu"))
+    assert st.opt.defaults["fused"] is True

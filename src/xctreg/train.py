@@ -449,6 +449,8 @@ class Trainer:
         with torch.autocast(device_type=x.device.type, enabled=False):  # poses in mm need float32 at least
             loss = pose_loss(out["params"].float(), p, self.space, self.points.to(x.device), self.cfg)
         if "recon" in out:
+            if clean.shape[-2:] != out["recon"].shape[-2:]:  # a decoder of fewer stages (ModelConfig.recon_size)
+                clean = F.interpolate(clean, size=out["recon"].shape[-2:], mode="area")
             loss = loss + self.cfg.w_recon * F.l1_loss(out["recon"].float(), clean)
             loss = loss + self.cfg.w_latent * out["latent"].float().pow(2).mean()
         return loss

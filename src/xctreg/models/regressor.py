@@ -22,6 +22,7 @@ Output: the 6 pose parameters normalised to the sampling ranges by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,12 +46,21 @@ class ModelConfig:
     heads: int = 4
     norm: str = "group"
     dropout: float = 0.1
+    #: side of (B)'s reconstruction: input_size / 2, / 4 or / 8 (fewer decoder stages), None = input_size
+    recon_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise XctregError(f"model variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.input_size % 32:
             raise XctregError(f"input_size must be a multiple of 32, got {self.input_size}")
+        if self.recon_size is not None and self.recon_size not in [self.input_size >> k for k in range(4)]:
+            raise XctregError(f"recon_size must be input_size / 1, 2, 4 or 8, got {self.recon_size} for input_size {self.input_size}")
+
+    @property
+    def decoder_stages(self) -> int:
+        """Upsampling stages of (B): from the stride-16 latent to ``recon_size``."""
+        return int(math.log2((self.recon_size or self.input_size) // (self.input_size // 16)))
 
     @property
     def use_ae(self) -> bool:
@@ -99,11 +109,11 @@ class AttentionBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent tokens (B, D, S/16, S/16) -> image (B, 1, S, S) in [0, 1]."""
+    """Latent tokens (B, D, S/16, S/16) -> image (B, 1, R, R) in [0, 1], R = S/16 x 2^stages."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, stages: int = 4) -> None:
         super().__init__()
-        chans = [dim, 64, 32, 16, 8]
+        chans = [dim, 64, 32, 16, 8][: stages + 1]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.GroupNorm(4, b), nn.GELU()]
@@ -116,7 +126,7 @@ class Decoder(nn.Module):
 
 class PoseRegressor(nn.Module):
     """The pose network; ``forward`` returns a dict with ``params`` (B, 6) and, per variant,
-    ``recon`` (B, 1, S, S), ``latent`` (B, D, S/16, S/16) and ``attention`` (B, N, N)."""
+    ``recon`` (B, 1, R, R) (R = ``recon_size``), ``latent`` (B, D, S/16, S/16) and ``attention`` (B, N, N)."""
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -130,7 +140,7 @@ class PoseRegressor(nn.Module):
             self.block = AttentionBlock(cfg.embed_dim, cfg.heads, cfg.dropout)
             self.out_norm = nn.LayerNorm(cfg.embed_dim)
         if cfg.use_ae:
-            self.decoder = Decoder(cfg.embed_dim)
+            self.decoder = Decoder(cfg.embed_dim, cfg.decoder_stages)
         self.head = nn.Sequential(
             nn.Linear(cfg.embed_dim, 256), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(256, len(PARAM_NAMES))
         )
