@@ -82,7 +82,9 @@ class AugmentConfig:
 
 
 def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
-    return float(lo + (hi - lo) * torch.rand((), generator=g))
+    """One uniform draw in [lo, hi) from ``g``; the arithmetic in Python floats (2 µs against
+    13 µs in tensor arithmetic: a batch of 32 makes about 1000 of these draws)."""
+    return lo + (hi - lo) * torch.rand((), generator=g).item()
 
 
 def _hit(g: torch.Generator, p: float, strength: float) -> bool:
