@@ -149,7 +149,7 @@ def test_data_rendered_at_the_input_size_trains_like_the_detector(tmp_path, smal
     from xctreg.train import Trainer
 
     cam = Camera(DEFAULT_SDD_MM, 64, 64, (6.4, 6.4))
-    cfg = quick_test_config(camera=cam, model=ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0))
+    cfg = quick_test_config(camera=cam, model=ModelConfig(input_size=32, embed_dim=32, heads=2, dropout=0.0), data_at_input=True)
     tr = Trainer(small_phantom, tmp_path / "m", cfg, log=lambda s: None)
     assert (tr.data_camera.height, tr.data_camera.width) == (32, 32)
     assert tr.data_render.voxel_mm == pytest.approx(auto_voxel_mm(cam, cfg.sid_mm))
@@ -165,7 +165,7 @@ def test_data_rendered_at_the_input_size_trains_like_the_detector(tmp_path, smal
 def test_old_configs_keep_their_data_at_the_detector_size() -> None:
     from xctreg.train import TrainConfig
 
-    d = quick_test_config().to_dict()
+    d = quick_test_config(data_at_input=True).to_dict()
     assert TrainConfig.from_dict(d).data_at_input is True
     d.pop("data_at_input")
     assert TrainConfig.from_dict(d).data_at_input is False  # a run from before: resumes with its own data

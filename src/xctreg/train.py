@@ -80,9 +80,11 @@ class TrainConfig:
     patience: int = 6
     seed: int = 0
     amp: bool = True
-    #: render the cached DRRs at the network's input size (the detector's own volume level, so the
-    #: same detail) instead of the detector's: 2x2 fewer rays, 2.3x faster data at 64² from 128²
-    data_at_input: bool = True
+    #: render the cached DRRs at the network's input size (from the detector's own volume level)
+    #: instead of the detector's and averaging: 2.3x faster data at 64² from 128². Off by
+    #: default: not shown to keep the regressor's accuracy on independent realistic X-rays
+    #: (docs/model.md, "A 15-minute build: what was tried")
+    data_at_input: bool = False
 
     def effective_stages(self) -> tuple[Stage, ...]:
         if self.curriculum:
