@@ -279,7 +279,8 @@ def test_a_shorter_decoder_reconstructs_at_recon_size_and_trains(trainer) -> Non
     p = torch.as_tensor(trainer.space.sample(2, seed=1), dtype=torch.float32)
     loss = trainer.loss(model, x, x, p)
     loss.backward()
-    assert torch.isfinite(loss) and model.decoder.net[0].__class__.__name__ == "Upsample"
+    assert torch.isfinite(loss)
+    assert model.decoder.net[1].weight.grad is not None and model.decoder.net[1].weight.grad.abs().sum() > 0
 
 
 def test_training_uses_the_fused_adamw_on_the_cpu(small_phantom) -> None:
