@@ -437,13 +437,14 @@ class Trainer:
     def make_batch(self, L: torch.Tensor, p: torch.Tensor, strength: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented network input (B, 1, S, S) and the clean target image (B, 1, S, S), on the
         trainer's device (the augmentation runs there; its random draws come from ``g``, on the CPU).
-        Objects are added at the detector's size; the rest of the augmentation runs at S."""
+        The line integrals are averaged to S once, for both; ``augment`` draws the objects at the
+        detector's size and averages them to S, and runs the rest of the augmentation at S."""
         S = self.cfg.model.input_size
-        L = L.to(self.device)
-        T = self.space.to_matrix(p.double()).to(self.device)
-        x = augment(L, AugmentConfig().scaled(strength), g, T, self.cfg.camera, self.iso, self.half, size=S)
+        L = L.to(self.device).float()
         if L.shape[-2:] != (S, S):
-            L = F.interpolate(L.float(), size=(S, S), mode="area")
+            L = F.interpolate(L, size=(S, S), mode="area")
+        T = self.space.to_matrix(p.double()).to(self.device)
+        x = augment(L, AugmentConfig().scaled(strength), g, T, self.cfg.camera, self.iso, self.half)
         return x, clean_image(L)
 
     def loss(self, model: torch.nn.Module, x: torch.Tensor, clean: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
