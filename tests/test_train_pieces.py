@@ -115,12 +115,17 @@ def test_geodesic_loss_is_the_rotation_angle_plus_the_translation_term() -> None
 def test_presets_choose_their_curriculum() -> None:
     """The quick preset trains one stage (measured better at its CPU budget); the paper preset
     keeps the method's incremental curriculum."""
+    from xctreg.models import ModelConfig
     from xctreg.train import preset
 
     quick, paper = preset("quick"), preset("paper")
     assert not quick.curriculum and paper.curriculum
     assert [s.n_train for s in quick.effective_stages()] == [sum(s.n_train for s in quick.stages)]
     assert len(paper.effective_stages()) == 3
+    # the quick preset's cheaper data and decoder (measured as accurate, docs/model.md); the
+    # paper preset keeps its 256² data and full decoder
+    assert quick.data_at_input and quick.model.recon_size == 32 and quick.model.decoder_stages < ModelConfig().decoder_stages
+    assert not paper.data_at_input and paper.model.recon_size is None
 
 
 @pytest.mark.parametrize("preset_name, flag, want", [("quick", None, False), ("quick", "--curriculum", True),
