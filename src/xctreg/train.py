@@ -115,12 +115,12 @@ class TrainConfig:
 
 def preset(name: str) -> TrainConfig:
     """``quick``: CPU, 128² X-rays, 64² network input, 4000 steps in one stage at the full pose
-    range and augmentation, about 16–17 min on 2 cores (data included). One stage, not the
+    range and augmentation, about 16 min on 2 cores (data included). One stage, not the
     method's curriculum: at this budget the curriculum's narrow early stages cost the
     full-range stage steps. Its training DRRs are rendered at the input size
     (``data_at_input``) and (B) reconstructs at 32² (``ModelConfig.recon_size``): 4.5–5 min
-    faster than 128² DRRs and the full decoder, and as accurate (two builds of each on 120
-    independent X-rays, paired: realistic +0.01 ± 0.19 mm, clean −0.02 ± 0.11; docs/model.md). Chest CT, 4000 steps, regressor alone on independent DiffDRR X-rays
+    faster than 128² DRRs and the full decoder, and as accurate (three builds against two on 120
+    independent X-rays, paired: realistic +0.04 ± 0.19 mm, clean −0.03 ± 0.10; docs/model.md). Chest CT, 4000 steps, regressor alone on independent DiffDRR X-rays
     (``bench/realism.py``'s tuning split, seed 1234, 20 per set, median mTRE): clean 4.99 → 3.74 mm,
     an iris 7.18 → 6.02, realistic 7.16 → 5.08 (p95 12.31 → 8.71), every effect 7.28 → 6.38;
     the ablation (docs/model.md) agrees at 2000 steps.
