@@ -232,12 +232,13 @@ def summarise(e_reg: list[float], e_ref: list[float], d_reg: np.ndarray, d_ref: 
 
 
 def _median_p95(stats: dict) -> str:
-    lo, hi = stats.get("median_ci95", (float("nan"), float("nan")))
+    """``mtre_stats``' "median [95% CI] / p95" (mm)."""
+    lo, hi = stats["median_ci95"]
     return f"{stats['median']:.2f} [{lo:.2f}, {hi:.2f}] / {stats['p95']:.2f}"
 
 
 def markdown(out: dict) -> str:
-    """One table: per set, regressor and refined median / p95 mTRE, SR and every bias with its
+    """One table: per set, regressor and refined median [95% CI] / p95 mTRE, SR and every bias with its
     standard error in brackets. ASCII only: a console or CI log in an ASCII locale must print it."""
     from xctreg.geometry import PARAM_NAMES
 

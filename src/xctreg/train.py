@@ -120,10 +120,11 @@ def preset(name: str) -> TrainConfig:
     full-range stage steps. Its training DRRs are rendered at the input size
     (``data_at_input``) and (B) reconstructs at 32² (``ModelConfig.recon_size``): 4.5–5 min
     faster than 128² DRRs and the full decoder, and as accurate (three builds against two on 120
-    independent X-rays, paired: realistic +0.04 ± 0.19 mm, clean −0.03 ± 0.10; docs/model.md). Chest CT, 4000 steps, regressor alone on independent DiffDRR X-rays
-    (``bench/realism.py``'s tuning split, seed 1234, 20 per set, median mTRE): clean 4.99 → 3.74 mm,
-    an iris 7.18 → 6.02, realistic 7.16 → 5.08 (p95 12.31 → 8.71), every effect 7.28 → 6.38;
-    the ablation (docs/model.md) agrees at 2000 steps.
+    independent X-rays, paired: realistic +0.04 ± 0.19 mm, clean −0.03 ± 0.10; docs/model.md).
+    The curriculum against one stage on the chest CT at 4000 steps (regressor alone on
+    independent DiffDRR X-rays, ``bench/realism.py``'s tuning split, seed 1234, 20 per set,
+    median mTRE): clean 4.99 → 3.74 mm, an iris 7.18 → 6.02, realistic 7.16 → 5.08 (p95
+    12.31 → 8.71), every effect 7.28 → 6.38; the ablation (docs/model.md) agrees at 2000 steps.
     ``paper``: GPU, 256² X-rays and input, the full schedule with the method's curriculum."""
     if name == "quick":
         return TrainConfig(curriculum=False, data_at_input=True, model=ModelConfig(recon_size=32))
