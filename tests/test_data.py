@@ -299,3 +299,63 @@ def test_cylinder_chords_batched_match_brute_force() -> None:
         brute = ((radial <= radius[k]) & (along.abs() <= half[k])).sum(-1) * 0.005
         np.testing.assert_allclose(one[k].numpy(), brute.numpy(), atol=0.02)
         np.testing.assert_allclose(got[k].numpy(), brute.numpy(), atol=0.02)
+
+
+def test_image_effects_hit_only_their_own_images() -> None:
+    """The image effects run once per batch, each on the images it was drawn for, with that
+    image's setting (bug class: a batched effect applied to the wrong rows, or to all of them)."""
+    from dataclasses import replace
+
+    from xctreg.data.augment import AugmentConfig, _ImageDraws, image_level
+
+    x = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    lo, hi = x.amin(dim=(-2, -1), keepdim=True), x.amax(dim=(-2, -1), keepdim=True)
+    x = (x - lo) / (hi - lo)
+    off = dict.fromkeys(("p_gamma", "p_contrast", "p_clahe", "p_gauss_noise", "p_blur", "p_sharpen", "p_erase", "p_collimate", "p_saturate"), 0.0)
+    cfg = replace(AugmentConfig(), **{**off, "p_gamma": 0.5})
+    out = image_level(x, cfg, torch.Generator().manual_seed(3))
+    gammas = _ImageDraws(x.shape, cfg, torch.Generator().manual_seed(3), 1.0).gamma
+    assert 3 <= sum(v != 1.0 for v in gammas) <= 13 and len(set(gammas)) > 3
+    for b in range(16):  # x ** gamma keeps 0 and 1, so the stretch to [0, 1] leaves it
+        torch.testing.assert_close(out[b], x[b] ** gammas[b], atol=1e-5, rtol=1e-5)
+    cfg = replace(AugmentConfig(), **{**off, "p_blur": 0.5})
+    out = image_level(x, cfg, torch.Generator().manual_seed(4))
+    hit = {b for b, _ in _ImageDraws(x.shape, cfg, torch.Generator().manual_seed(4), 1.0).blur}
+    changed = {b for b in range(16) if not torch.allclose(out[b], x[b], atol=1e-6)}
+    assert changed == hit and 3 <= len(hit) <= 13
+
+
+def test_culled_object_chords_equal_every_ray(batch) -> None:
+    """``random_objects`` traces each cylinder only through the pixels near its projection:
+    the same line integrals as tracing every ray through every cylinder (bug class: a
+    projected radius too small, which would cut thick or near rods and end-on screws)."""
+    from unittest import mock
+
+    import xctreg.data.augment as A
+
+    r, cam, p, _ = batch
+    T = r.poses_to_matrix(p)
+    iso = torch.tensor(r.reference.isocenter_mm)
+    half = torch.tensor([150.0, 100.0, 150.0])
+    cfg = AugmentConfig(p_objects=1.0, max_objects=6, p_table=0.0)
+
+    def everywhere(uv, T, camera, centre, axis, radius, half_len):
+        K, R = centre.shape[0], uv.shape[0]
+        return torch.arange(K).repeat_interleave(R), torch.arange(R).repeat(K)
+
+    for seed, c in enumerate((cam, cam, Camera(1020.0, 60, 52, (6.4, 6.4)), Camera(1020.0, 37, 70, (5.0, 5.0)))):  # tiles cut at the edges too
+        culled = A.random_objects(T, c, iso, half, cfg, torch.Generator().manual_seed(seed))
+        with mock.patch.object(A, "_near_cylinders", everywhere):
+            full = A.random_objects(T, c, iso, half, cfg, torch.Generator().manual_seed(seed))
+        assert float(full.sum()) > 0
+        torch.testing.assert_close(culled, full, atol=1e-5, rtol=1e-5)
+    # an end-on screw (its axis along the central ray) projects to a disk, not a segment
+    c = iso.double() + torch.tensor([5.0, 0.0, 3.0], dtype=torch.float64)
+    beam = torch.linalg.inv(T[0].double())[:3, 2]  # the camera's z axis in world
+    uv = A.pixel_grid(cam)
+    near = A._near_cylinders(uv, T[:1].float(), cam, c[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
+    src, dirs = A.backproject(uv, T[:1].float(), cam)
+    every = (torch.zeros(uv.shape[0], dtype=torch.long), torch.arange(uv.shape[0]))
+    chords = A._chords_at(every, src - iso.float(), dirs, (c - iso.double())[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
+    hit = set(torch.nonzero(chords > 0).flatten().tolist())
+    assert hit and hit <= set(near[1].tolist())
