@@ -339,8 +339,8 @@ def test_culled_object_chords_equal_every_ray(batch) -> None:
     half = torch.tensor([150.0, 100.0, 150.0])
     cfg = AugmentConfig(p_objects=1.0, max_objects=6, p_table=0.0)
 
-    def everywhere(uv, T, camera, centre, axis, radius, half_len):
-        K, R = centre.shape[0], uv.shape[0]
+    def everywhere(T, camera, centre, axis, radius, half_len):
+        K, R = centre.shape[0], camera.height * camera.width
         return torch.arange(K).repeat_interleave(R), torch.arange(R).repeat(K)
 
     for seed, c in enumerate((cam, cam, Camera(1020.0, 60, 52, (6.4, 6.4)), Camera(1020.0, 37, 70, (5.0, 5.0)))):  # tiles cut at the edges too
@@ -353,9 +353,10 @@ def test_culled_object_chords_equal_every_ray(batch) -> None:
     c = iso.double() + torch.tensor([5.0, 0.0, 3.0], dtype=torch.float64)
     beam = torch.linalg.inv(T[0].double())[:3, 2]  # the camera's z axis in world
     uv = A.pixel_grid(cam)
-    near = A._near_cylinders(uv, T[:1].float(), cam, c[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
+    near = A._near_cylinders(T[:1].float(), cam, c[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
     src, dirs = A.backproject(uv, T[:1].float(), cam)
     every = (torch.zeros(uv.shape[0], dtype=torch.long), torch.arange(uv.shape[0]))
-    chords = A._chords_at(every, src - iso.float(), dirs, (c - iso.double())[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
+    one = torch.zeros(1, dtype=torch.long)
+    chords = A._chords_at(every, src - iso.float(), dirs, one, (c - iso.double())[None].float(), beam[None].float(), torch.tensor([3.0]), torch.tensor([20.0]))
     hit = set(torch.nonzero(chords > 0).flatten().tolist())
     assert hit and hit <= set(near[1].tolist())

@@ -152,13 +152,13 @@ def _draw_objects(B: int, iso: torch.Tensor, half: torch.Tensor, cfg: AugmentCon
     return cylinders, tables
 
 
-def _near_cylinders(uv: torch.Tensor, T: torch.Tensor, camera: Camera, centre: torch.Tensor, axis: torch.Tensor,
-                    radius: torch.Tensor, half_len: torch.Tensor, tile: int = 8) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _near_cylinders(T: torch.Tensor, camera: Camera, centre: torch.Tensor, axis: torch.Tensor, radius: torch.Tensor,
+                    half_len: torch.Tensor, tile: int = 8) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(cylinder, pixel) index pairs of the pixels whose rays may cross each of K cylinders: the
     pixels of every ``tile`` x ``tile`` tile that comes within the cylinder's projected radius
-    (+ 1.5 px) of its projected axis segment.
+    (+ 1.5 px) of its projected axis segment. Pixel r is row r // W, column r % W of the
+    detector (``pixel_grid``'s order).
 
-    ``uv`` (R, 2) the detector's pixels (``pixel_grid``: pixel r is row r // W, column r % W),
     ``T`` (K, 4, 4) each cylinder's pose, ``centre`` (world mm) and unit ``axis`` (K, 3),
     ``radius`` and ``half_len`` (K,) mm. A cylinder lies inside the balls of its radius centred
     on its axis, and a ball at depth z projects within f·r/(z - r) of its centre's image (x 1.2
@@ -169,13 +169,13 @@ def _near_cylinders(uv: torch.Tensor, T: torch.Tensor, camera: Camera, centre: t
     reach = 1.2 * max(camera.fx, camera.fy) * radius / (z.amin(dim=1) - radius).clamp_min(1.0) + 1.5  # (K,)
     H, W = camera.height, camera.width
     tw = -(-W // tile)
-    corner = pixel_grid(Camera(camera.sdd_mm, -(-H // tile), tw, camera.pixel_spacing_mm), uv.dtype, uv.device) * tile
+    corner = pixel_grid(Camera(camera.sdd_mm, -(-H // tile), tw, camera.pixel_spacing_mm), centre.dtype, centre.device) * tile
     a = px[:, 1] - px[:, 0]  # (K, 2)
     w = (corner + (tile - 1) / 2)[None] - px[:, :1]  # (K, tiles, 2) from each segment's start to each tile's centre
     t = ((w @ a[:, :, None]).squeeze(-1) / (a * a).sum(-1, keepdim=True).clamp_min(1e-9)).clamp(0, 1)
     off = w - t[..., None] * a[:, None]
     k, n = torch.nonzero((off * off).sum(-1) <= ((reach + 0.71 * tile) ** 2)[:, None], as_tuple=True)
-    d = torch.arange(tile, device=uv.device)
+    d = torch.arange(tile, device=centre.device)
     rows = (n // tw)[:, None, None] * tile + d[None, :, None]  # (pairs, tile, 1)
     cols = (n % tw)[:, None, None] * tile + d[None, None, :]  # (pairs, 1, tile)
     inside = ((rows < H) & (cols < W)).reshape(len(n), -1)
@@ -183,12 +183,14 @@ def _near_cylinders(uv: torch.Tensor, T: torch.Tensor, camera: Camera, centre: t
     return k[:, None].expand_as(pix)[inside], pix[inside]
 
 
-def _chords_at(near: tuple[torch.Tensor, torch.Tensor], src: torch.Tensor, dirs: torch.Tensor, centre: torch.Tensor,
-               axis: torch.Tensor, radius: torch.Tensor, half_len: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """Chords (n,) mm of the n (cylinder, pixel) pairs ``near``: sources (K, 3), rays (K, R, 3)
-    and the cylinders' centres, axes (K, 3), radii and half lengths (K,)."""
+def _chords_at(near: tuple[torch.Tensor, torch.Tensor], src: torch.Tensor, dirs: torch.Tensor, image: torch.Tensor,
+               centre: torch.Tensor, axis: torch.Tensor, radius: torch.Tensor, half_len: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Chords (n,) mm of the n (cylinder, pixel) pairs ``near``: the images' sources (U, 3) and
+    rays (U, R, 3), each cylinder's image (K,) among them, and the cylinders' centres, axes
+    (K, 3), radii and half lengths (K,). Only the n rays are gathered."""
     k, r = near
-    chord = cylinder_chords(src[k][:, None], dirs[k, r][:, None], centre[k], axis[k], radius[k][:, None], half_len[k][:, None])
+    u = image[k]
+    chord = cylinder_chords(src[u][:, None], dirs[u, r][:, None], centre[k], axis[k], radius[k][:, None], half_len[k][:, None])
     return chord[:, 0]
 
 
@@ -212,10 +214,11 @@ def random_objects(
     if cylinders:
         k = torch.tensor([row[c[0]] for c in cylinders], device=dev)
         col = lambda i: torch.stack([torch.as_tensor(c[i], dtype=torch.float64) for c in cylinders]).float().to(dev)  # noqa: E731
-        axis = col(2) / col(2).norm(dim=-1, keepdim=True)
-        near = _near_cylinders(uv, T[used][k].float(), camera, col(1), axis, col(3), col(4))
+        axis, radius, half_len = col(2), col(3), col(4)
+        axis = axis / axis.norm(dim=-1, keepdim=True)
+        near = _near_cylinders(T[used][k].float(), camera, col(1), axis, radius, half_len)
         centre = col(1) - isocenter.to(dev, torch.float32)
-        chord = _chords_at(near, src[k], dirs[k], centre, axis, col(3), col(4))
+        chord = _chords_at(near, src, dirs, k, centre, axis, radius, half_len)
         img = torch.tensor([c[0] for c in cylinders], device=dev)[near[0]]
         out[:, 2].index_put_((img, near[1]), chord * (0.1 * TITANIUM_AS_BONE), accumulate=True)
     if tables:
