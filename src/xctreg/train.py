@@ -115,7 +115,7 @@ class TrainConfig:
 
 def preset(name: str) -> TrainConfig:
     """``quick``: CPU, 128² X-rays, 64² network input, 4000 steps in one stage at the full pose
-    range and augmentation, about 16 min on 2 cores (data included). One stage, not the
+    range and augmentation, about 14 min on 2 cores (data included). One stage, not the
     method's curriculum: at this budget the curriculum's narrow early stages cost the
     full-range stage steps. Its training DRRs are rendered at the input size
     (``data_at_input``) and (B) reconstructs at 32² (``ModelConfig.recon_size``): 4.5–5 min
